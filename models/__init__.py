@@ -1,0 +1,1 @@
+"""Model definitions: YOLOv5 blocks, attention blocks, MobileNetV3 blocks, the YAML parser."""

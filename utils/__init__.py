@@ -1,0 +1,1 @@
+"""Utilities for yolov5-kd: one concern per module."""
