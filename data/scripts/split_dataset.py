@@ -1,0 +1,116 @@
+"""Split a YOLO dataset into train/val, stratified by class, reproducibly (seeded).
+
+Each image is put in the stratum of its most frequent class (ties: lowest id; no labels: background),
+and every stratum is split with the same val fraction, so each class keeps its share in val.
+Images are symlinked (default) or copied into OUT/images/{train,val}, labels into OUT/labels/{train,val},
+and a dataset YAML is written to OUT/<name>.yaml.
+
+Usage: python data/scripts/split_dataset.py --images IMAGES --labels LABELS --out OUT
+       [--val 0.2] [--seed 0] [--copy] [--names a b c | --data data.yaml] [--name data]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.general import LOGGER, yaml_load, yaml_save  # noqa: E402
+from utils.image_io import IMG_FORMATS  # noqa: E402
+
+
+def stratum_of(label_file):
+    """Most frequent class id in a label file (ties: lowest id); -1 for a missing/empty file."""
+    if not label_file.is_file():
+        return -1
+    classes = []
+    for line in label_file.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if parts:
+            try:
+                classes.append(int(float(parts[0])))
+            except ValueError:
+                continue
+    if not classes:
+        return -1
+    counts = Counter(classes)
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
+def split_indices(strata, val_fraction, seed=0):
+    """-> sorted list of val indices: round(val_fraction * n) of each stratum, chosen with a seeded RNG."""
+    rng = np.random.default_rng(seed)
+    strata = np.asarray(strata)
+    val = []
+    for s in sorted(set(strata.tolist())):
+        members = np.flatnonzero(strata == s)
+        rng.shuffle(members)
+        val.extend(members[:int(round(val_fraction * len(members)))].tolist())
+    return sorted(val)
+
+
+def _place(src, dst, copy):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    if copy:
+        shutil.copy2(src, dst)
+    else:
+        os.symlink(os.path.abspath(src), dst)
+
+
+def split_dataset(images, labels, out, val_fraction=0.2, seed=0, copy=False, names=None, name="data"):
+    """Split and write the dataset; returns (path of the YAML, train count, val count)."""
+    images, labels, out = Path(images), Path(labels), Path(out)
+    files = sorted(p for p in images.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
+    if not files:
+        raise FileNotFoundError(f"no images in {images}")
+    label_of = [labels / p.relative_to(images).with_suffix(".txt") for p in files]
+    strata = [stratum_of(lf) for lf in label_of]
+    val = set(split_indices(strata, val_fraction, seed))
+    for i, (im, lb) in enumerate(zip(files, label_of)):
+        split = "val" if i in val else "train"
+        _place(im, out / "images" / split / im.name, copy)
+        if lb.is_file():
+            _place(lb, out / "labels" / split / lb.name, copy)
+    if names is None:
+        n = max(strata) + 1
+        names = [str(i) for i in range(n)]
+    yaml_file = out / f"{name}.yaml"
+    yaml_save(yaml_file, {"path": str(out.resolve()), "train": "images/train", "val": "images/val",
+                          "names": {i: n for i, n in enumerate(names)}})
+    return yaml_file, len(files) - len(val), len(val)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="stratified, seeded train/val split of a YOLO dataset")
+    parser.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--labels", required=True, type=Path, help="folder of YOLO .txt labels (same layout)")
+    parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
+    parser.add_argument("--val", type=float, default=0.2, help="val fraction of each class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--copy", action="store_true", help="copy files instead of symlinking")
+    parser.add_argument("--names", nargs="+", help="class names in id order")
+    parser.add_argument("--data", type=Path, help="dataset YAML whose names to use")
+    parser.add_argument("--name", default="data", help="file name (without .yaml) of the written dataset YAML")
+    opt = parser.parse_args(argv)
+    if not 0 < opt.val < 1:
+        parser.error("--val must be between 0 and 1")
+    names = opt.names
+    if opt.data:
+        raw = yaml_load(opt.data).get("names")
+        names = list(raw.values()) if isinstance(raw, dict) else raw
+    yaml_file, n_train, n_val = split_dataset(opt.images, opt.labels, opt.out, opt.val, opt.seed, opt.copy,
+                                              names, opt.name)
+    LOGGER.info(f"{n_train} train / {n_val} val images in {opt.out}; dataset YAML {yaml_file}")
+
+
+if __name__ == "__main__":
+    main()

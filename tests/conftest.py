@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: repo paths, the shared data folder, small thread counts."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+NEU_DET = SHARED / "datasets" / "NEU-DET"
+UPSTREAM_CKPT = SHARED / "fixtures" / "upstream_yolov5s_neu224.pt"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def neu_det():
+    """Path to the real NEU-DET dataset, or skip when ../shared is absent."""
+    if not (NEU_DET / "images" / "val").is_dir():
+        pytest.skip("../shared/datasets/NEU-DET not present")
+    return NEU_DET
+
+
+@pytest.fixture(scope="session")
+def upstream_ckpt():
+    """Path to the upstream YOLOv5 fixture checkpoint, or skip when absent."""
+    if not UPSTREAM_CKPT.is_file():
+        pytest.skip("../shared/fixtures/upstream_yolov5s_neu224.pt not present")
+    return UPSTREAM_CKPT

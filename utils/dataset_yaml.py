@@ -1,0 +1,126 @@
+"""Dataset YAML -> resolved dict (absolute paths, names as {int: str}, nc), generating local data on demand.
+
+`download:` may name a local Python generator script (e.g. `data/scripts/make_synthetic.py`), which is
+run as `python SCRIPT --out <dataset path>` when the val split is missing. URLs are never fetched.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from utils.general import LOGGER, ROOT, yaml_load
+
+SPLITS = ("train", "val", "test")
+
+
+def _resolve_root(path_value, yaml_dir):
+    """`path:` relative to the YAML's folder when that exists, else relative to the repo root."""
+    p = Path(path_value).expanduser()
+    if p.is_absolute():
+        return p
+    candidates = ([(yaml_dir / p).resolve()] if yaml_dir else []) + [(ROOT / p).resolve()]
+    for c in candidates:
+        if c.exists():
+            return c
+    return candidates[-1]
+
+
+def _normalise_names(names, source):
+    if isinstance(names, dict):
+        try:
+            return {int(k): str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: 'names' keys must be integers ({e})") from e
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    raise ValueError(f"{source}: 'names' must be a list or a dict of class names, got {type(names).__name__}")
+
+
+def _split_paths(value, root):
+    """One entry (str or list) -> absolute path string(s)."""
+    def one(x):
+        p = Path(str(x)).expanduser()
+        return str(p if p.is_absolute() else (root / p).resolve())
+    return [one(x) for x in value] if isinstance(value, (list, tuple)) else one(value)
+
+
+def _missing(paths):
+    return [p for p in (paths if isinstance(paths, list) else [paths]) if not Path(p).exists()]
+
+
+def run_download(download, root, source):
+    """Run a local generator script for the dataset; refuse URLs and anything else."""
+    text = str(download).strip()
+    if text.startswith(("http://", "https://")) or "://" in text:
+        raise FileNotFoundError(f"{source}: dataset not found at {root}; this YAML wants to download {text}, "
+                                f"which yolov5-kd never does by itself. Download it manually into {root}.")
+    parts = text.split()
+    if parts and parts[0] in ("python", "python3"):
+        parts = parts[1:]
+    script = Path(parts[0]) if parts else None
+    if script is not None and not script.is_absolute():
+        script = ROOT / script
+    if script is None or script.suffix != ".py" or not script.is_file():
+        raise FileNotFoundError(f"{source}: 'download: {text}' is not a local generator script (.py)")
+    cmd = [sys.executable, str(script), *parts[1:], "--out", str(root)]
+    LOGGER.info(f"Dataset not found, generating it: {' '.join(cmd)}")
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{source}: generator {script} failed:\n{result.stderr[-2000:]}")
+
+
+def check_dataset(data, autodownload=True):
+    """Parse and check a dataset YAML (path or dict). Returns a dict with absolute 'path', 'train', 'val',
+    optional 'test', 'names' {int: str}, 'nc', and any other keys of the YAML."""
+    yaml_dir = None
+    if isinstance(data, (str, Path)):
+        source = Path(data)
+        if not source.is_file() and not source.is_absolute() and (ROOT / source).is_file():
+            source = ROOT / source
+        if not source.is_file():
+            raise FileNotFoundError(f"dataset YAML {data} not found")
+        d = yaml_load(source)
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a dataset YAML must be a mapping with train/val/names keys")
+        yaml_dir = source.resolve().parent
+        d["yaml_file"] = str(source)
+    elif isinstance(data, dict):
+        d, source = dict(data), "dataset dict"
+    else:
+        raise TypeError(f"check_dataset expects a YAML path or a dict, not {type(data).__name__}")
+
+    for k in ("train", "val"):
+        if k not in d:
+            raise ValueError(f"{source}: '{k}:' key missing (a dataset YAML needs train, val and names)")
+    if "names" not in d:
+        if "nc" in d:
+            d["names"] = [f"class{i}" for i in range(int(d["nc"]))]
+            LOGGER.warning(f"WARNING: {source}: no 'names', using class0..class{int(d['nc']) - 1}")
+        else:
+            raise ValueError(f"{source}: 'names:' missing (list the class names, in class-id order)")
+    d["names"] = _normalise_names(d["names"], source)
+    if sorted(d["names"]) != list(range(len(d["names"]))):
+        raise ValueError(f"{source}: 'names' ids must be 0..{len(d['names']) - 1} without gaps")
+    if "nc" in d and int(d["nc"]) != len(d["names"]):
+        raise ValueError(f"{source}: nc={d['nc']} but {len(d['names'])} names are given")
+    d["nc"] = len(d["names"])
+
+    root = _resolve_root(d.get("path") or ".", yaml_dir)
+    d["path"] = str(root)
+    for k in SPLITS:
+        if d.get(k):
+            d[k] = _split_paths(d[k], root)
+        elif k == "test":
+            d.pop(k, None)
+
+    missing = _missing(d["val"])
+    if missing and d.get("download") and autodownload:
+        run_download(d["download"], root, source)
+        missing = _missing(d["val"])
+    if missing:
+        hint = "" if d.get("download") else " (and the YAML has no 'download:' to create it)"
+        raise FileNotFoundError(f"{source}: val path(s) not found: {', '.join(missing)}{hint}")
+    missing_train = _missing(d["train"])
+    if missing_train:  # validation alone still works; training fails later naming the path
+        LOGGER.warning(f"WARNING: {source}: train path(s) not found: {', '.join(missing_train)}")
+    return d
