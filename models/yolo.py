@@ -1,0 +1,398 @@
+"""Detect head, DetectionModel and the YAML parser (blocks resolve by name, no per-class branches).
+
+Usage: python models/yolo.py --cfg yolov5s.yaml --img 640 [--profile]
+"""
+
+import argparse
+import importlib
+import math
+import sys
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import attention, common, mobilenet  # noqa: E402
+from models.common import YamlSpec  # noqa: E402
+from utils.general import LOGGER, ROOT, yaml_load  # noqa: E402
+from utils.torch_utils import fuse_conv_and_bn, fuse_sequential, initialize_weights, model_info, scale_img  # noqa: E402
+
+try:
+    import thop
+except ImportError:  # pragma: no cover
+    thop = None
+
+BLOCK_NAMESPACES = (common, attention, mobilenet)  # searched in order, then the registry, torch.nn, dotted paths
+BLOCK_REGISTRY = {}
+
+
+def register_block(cls):
+    """Class decorator: make a block usable from model YAMLs by its class name."""
+    BLOCK_REGISTRY[cls.__name__] = cls
+    return cls
+
+
+@register_block
+class Detect(YamlSpec, nn.Module):
+    """YOLOv5 head: one 1x1 conv per level to na*(nc+5). Train: raw maps; eval: (decoded, raw maps)."""
+
+    stride = None  # set by DetectionModel (tensor [8, 16, 32])
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))  # grid units once built
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+
+    @classmethod
+    def yaml_build(cls, c_in, args, n, width):
+        args = list(args)
+        if isinstance(args[1], int):  # number of anchors per level -> placeholder anchors
+            args[1] = [list(range(args[1] * 2))] * len(c_in)
+        return args[:2] + [list(c_in)] + args[2:], n, None
+
+    def forward(self, x):
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                grid, anchor_grid = self._grids(i, nx, ny, x[i])
+                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + grid) * self.stride[i]
+                wh = (wh * 2) ** 2 * anchor_grid
+                z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * ny * nx, self.no))
+        return x if self.training else (torch.cat(z, 1), x)
+
+    def _grids(self, i, nx, ny, like):
+        """Cell offsets (minus 0.5) and pixel anchors for level i, cached per shape/device/dtype."""
+        g = self.grid[i]
+        if g.shape[2:4] != (ny, nx) or g.device != like.device or g.dtype != like.dtype:
+            d, t = like.device, like.dtype
+            yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t),
+                                    indexing="ij")
+            shape = (1, self.na, ny, nx, 2)
+            self.grid[i] = torch.stack((xv, yv), 2).expand(shape) - 0.5
+            anchors_px = (self.anchors[i] * self.stride[i]).to(d, t)
+            self.anchor_grid[i] = anchors_px.view(1, self.na, 1, 1, 2).expand(shape)
+        return self.grid[i], self.anchor_grid[i]
+
+
+class DetectionModel(nn.Module):
+    """YOLOv5 detection model built from a YAML path or dict (see ARCHITECTURE.md for attributes)."""
+
+    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None):
+        super().__init__()
+        if isinstance(cfg, dict):
+            self.yaml, self.yaml_file, row_lines = deepcopy(cfg), "<dict>", None
+        else:
+            path = find_model_yaml(cfg)
+            self.yaml, self.yaml_file, row_lines = yaml_load(path), path.name, yaml_row_lines(path)
+        check_model_dict(self.yaml, self.yaml_file)
+        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
+        if nc and nc != self.yaml["nc"]:
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
+            self.yaml["nc"] = nc
+        if anchors:
+            LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
+            self.yaml["anchors"] = round(anchors)
+        self.model, self.save, self.rows = parse_model(deepcopy(self.yaml), ch, self.yaml_file, row_lines)
+        self.nc = self.yaml["nc"]
+        self.names = {i: str(i) for i in range(self.nc)}
+        self.inplace = self.yaml.get("inplace", True)
+        self.stride = torch.tensor([32.0])
+        m = self.model[-1]
+        if isinstance(m, Detect):
+            strides = self._measure_strides(ch)
+            m.stride = torch.tensor(strides)
+            check_anchor_order(m)
+            m.anchors /= m.stride.view(-1, 1, 1)
+            self.stride = m.stride
+            self._initialize_biases(strides)
+        initialize_weights(self)
+
+    def _measure_strides(self, ch, s=256):
+        """Strides from an eval-mode, no-grad forward of an s x s zero image; shape errors name the layer."""
+        was_training, m = self.training, self.model[-1]
+        m.stride = torch.ones(m.nl)  # placeholder so the eval-mode decode can run
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self._forward_once(torch.zeros(1, ch, s, s), _diagnose=True)[1]
+        finally:
+            self.train(was_training)
+        m.grid = [torch.empty(0) for _ in out]  # drop grids made by the dry run
+        m.anchor_grid = [torch.empty(0) for _ in out]
+        return [s / x.shape[-3] for x in out]
+
+    def forward(self, x, augment=False, profile=False, visualize=False):
+        if augment:
+            return self._forward_augment(x)
+        return self._forward_once(x, profile, visualize)
+
+    def _forward_once(self, x, profile=False, visualize=False, _diagnose=False):
+        y, dt = [], []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if profile:
+                self._profile_one_layer(m, x, dt)
+            if _diagnose:
+                x = self._run_diagnosed(m, x)
+            else:
+                x = m(x)
+            y.append(x if m.i in self.save else None)
+        if profile:
+            LOGGER.info(f"{sum(dt):10.2f} {'-':>10s} {'-':>10s}  Total")
+        return x
+
+    def _run_diagnosed(self, m, x):
+        try:
+            return m(x)
+        except RuntimeError as e:
+            shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
+            raise ValueError(f"{self.rows[m.i]}: forward failed for input shape(s) {shapes} "
+                             f"(wrong channel count or `from` index?): {e}") from None
+
+    def _profile_one_layer(self, m, x, dt):
+        last = m is self.model[-1]
+        inp = x.copy() if last else x
+        flops = thop.profile(m, inputs=(inp,), verbose=False)[0] / 1e9 * 2 if thop else 0
+        t = time.perf_counter()
+        for _ in range(10):
+            m(x.copy() if last else x)
+        dt.append((time.perf_counter() - t) * 100)
+        if m is self.model[0]:
+            LOGGER.info(f"{'time (ms)':>10s} {'GFLOPs':>10s} {'params':>10s}  module")
+        LOGGER.info(f"{dt[-1]:10.2f} {flops:10.2f} {m.np:10.0f}  {m.type}")
+
+    def _forward_augment(self, x):
+        """Test-time augmentation: scales 1, 0.83, 0.67 with flips none, left-right, none."""
+        img_size = x.shape[-2:]
+        gs = int(self.stride.max())
+        outputs = []
+        for si, fi in zip((1, 0.83, 0.67), (None, 3, None)):
+            xi = scale_img(x.flip(fi) if fi else x, si, gs=gs)
+            yi = self._forward_once(xi)[0]
+            outputs.append(self._descale_pred(yi, fi, si, img_size))
+        return torch.cat(self._clip_augmented(outputs), 1), None
+
+    @staticmethod
+    def _descale_pred(p, flips, scale, img_size):
+        """Undo TTA scaling and flips on decoded predictions (bs, N, no)."""
+        xy, wh, rest = p[..., 0:2] / scale, p[..., 2:4] / scale, p[..., 4:]
+        x, y = xy[..., 0:1], xy[..., 1:2]
+        if flips == 2:
+            y = img_size[0] - y
+        elif flips == 3:
+            x = img_size[1] - x
+        return torch.cat((x, y, wh, rest), -1)
+
+    def _clip_augmented(self, y):
+        """Drop the largest-object level of the first (full-scale) pass and the smallest of the last pass."""
+        nl = self.model[-1].nl
+        g = sum(4 ** k for k in range(nl))
+        i = (y[0].shape[1] // g) * 1
+        y[0] = y[0][:, :-i]
+        i = (y[-1].shape[1] // g) * 4 ** (nl - 1)
+        y[-1] = y[-1][:, i:]
+        return y
+
+    def _initialize_biases(self, strides):
+        """obj bias += log(8 / (640/s)^2); class biases += log(0.6 / (nc - 0.99999))."""
+        m = self.model[-1]
+        for mi, s in zip(m.m, strides):
+            b = mi.bias.view(m.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
+            b.data[:, 5:5 + m.nc] += math.log(0.6 / (m.nc - 0.99999))
+            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+    def fuse(self):
+        """Fold every BatchNorm that follows a conv into it (Conv-like blocks, Sequentials, `fuse_bn()` blocks)."""
+        LOGGER.info("Fusing layers...")
+        for m in self.model.modules():
+            if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d) \
+                    and hasattr(m, "forward_fuse"):
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                delattr(m, "bn")
+                m.forward = m.forward_fuse
+            elif isinstance(m, nn.Sequential):
+                fuse_sequential(m)
+            elif hasattr(m, "fuse_bn"):
+                m.fuse_bn()
+        self.info()
+        return self
+
+    def info(self, verbose=False, img_size=640):
+        """Log layers, parameters, gradients and GFLOPs (thop); returns them."""
+        return model_info(self, verbose, img_size)
+
+    def layer_roles(self):
+        """[{'i', 'type', 'section', 'c_out'}] for every layer (distillation pairing metadata)."""
+        n_backbone = len(self.yaml["backbone"])
+        return [{"i": m.i, "type": m.type.split(".")[-1], "section": "backbone" if m.i < n_backbone else "head",
+                 "c_out": m.c_out} for m in self.model]
+
+    def _apply(self, fn):
+        """Keep Detect's stride/grids on the model's device and dtype (.to(), .cuda(), .half())."""
+        self = super()._apply(fn)
+        m = self.model[-1]
+        if isinstance(m, Detect) and m.stride is not None:
+            m.stride = fn(m.stride)
+            m.grid = list(map(fn, m.grid))
+            m.anchor_grid = list(map(fn, m.anchor_grid))
+            self.stride = m.stride
+        return self
+
+
+Model = DetectionModel  # upstream alias
+
+
+def check_anchor_order(m):
+    """Flip the anchor levels if their mean area order disagrees with the stride order."""
+    if m.anchors.is_meta:
+        return
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+    if da and da.sign() != ds.sign():
+        LOGGER.info("AutoAnchor: reversing anchor order")
+        m.anchors[:] = m.anchors.flip(0)
+
+
+def find_model_yaml(cfg):
+    """A model YAML path as given, else by name in models/; FileNotFoundError naming it otherwise."""
+    p = Path(cfg)
+    for c in (p, ROOT / "models" / p.name, ROOT / "models" / p.with_suffix(".yaml").name):
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"model YAML {cfg!s} not found (looked as given and in {ROOT / 'models'})")
+
+
+def yaml_row_lines(path):
+    """{('backbone'|'head', k): 1-based line number} of each layer row in a model YAML file."""
+    try:
+        root = yaml.compose(Path(path).read_text())
+    except yaml.YAMLError:
+        return None
+    lines = {}
+    for key_node, val_node in getattr(root, "value", []):
+        if key_node.value in ("backbone", "head") and isinstance(val_node, yaml.SequenceNode):
+            for k, row in enumerate(val_node.value):
+                lines[(key_node.value, k)] = row.start_mark.line + 1
+    return lines
+
+
+def check_model_dict(d, source):
+    """Clear errors for a model dict without the keys the parser needs."""
+    missing = [k for k in ("nc", "backbone", "head") if k not in d]
+    if missing:
+        raise ValueError(f"{source}: model YAML lacks key(s) {missing}")
+    for section in ("backbone", "head"):
+        for k, row in enumerate(d[section]):
+            if not (isinstance(row, (list, tuple)) and len(row) == 4):
+                raise ValueError(f"{source}: {section} row {k} must be [from, number, module, args], got {row!r}")
+
+
+def resolve_block(name):
+    """Block class from its YAML name: models.common/attention/mobilenet, registry, torch.nn, or a dotted path."""
+    if not isinstance(name, str):
+        return name
+    for ns in BLOCK_NAMESPACES:
+        if isinstance(getattr(ns, name, None), type):
+            return getattr(ns, name)
+    if name in BLOCK_REGISTRY:
+        return BLOCK_REGISTRY[name]
+    short = name[3:] if name.startswith("nn.") else name
+    if isinstance(getattr(nn, short, None), type):
+        return getattr(nn, short)
+    if "." in name:
+        mod, _, cls = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):
+            pass
+    raise KeyError(f"unknown module {name!r} (searched models.common, models.attention, models.mobilenet, "
+                   "@register_block classes, torch.nn and dotted import paths)")
+
+
+def _yaml_build(cls, c_in, args, n, width):
+    """The class's own YAML convention; plain torch.nn modules are channel-preserving with args as written."""
+    if hasattr(cls, "yaml_build"):
+        return cls.yaml_build(c_in, args, n, width)
+    return list(args), n, c_in[0]
+
+
+def parse_model(d, ch, source="<dict>", row_lines=None):
+    """Model dict -> (nn.Sequential of layers, sorted save list, per-layer row descriptions)."""
+    nc, gd, gw = d["nc"], d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
+    anchors = d.get("anchors")
+    names = {"nc": nc, "anchors": anchors, "None": None}
+    LOGGER.debug(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+    rows = [("backbone", k, r) for k, r in enumerate(d["backbone"])] + [("head", k, r) for k, r in enumerate(d["head"])]
+    layers, save, chs, descriptions = [], [], [], []
+    for i, (section, k, (f, n, mname, args)) in enumerate(rows):
+        line = f" (line {row_lines[(section, k)]})" if row_lines and (section, k) in row_lines else ""
+        where = f"{source}: layer {i} = {section} row {k}{line} {[f, n, mname, args]}"
+        descriptions.append(where)
+        froms = [f] if isinstance(f, int) else list(f)
+        c_in = []
+        for x in froms:
+            if not isinstance(x, int) or not (-i <= x < i or (x == -1 and i == 0)):
+                raise ValueError(f"{where}: `from` index {x!r} does not name an earlier layer (valid: -{i}..{i - 1})")
+            c_in.append(ch if i == 0 else chs[x])
+        try:
+            cls = resolve_block(mname)
+        except KeyError as e:
+            raise ValueError(f"{where}: {e.args[0]}") from None
+        args = [names.get(a, a) if isinstance(a, str) else a for a in args]
+        n = n_ = max(round(n * gd), 1) if n > 1 else n
+        try:
+            ctor, n, c_out = _yaml_build(cls, c_in, args, n, gw)
+            m_ = nn.Sequential(*(cls(*ctor) for _ in range(n))) if n > 1 else cls(*ctor)
+        except Exception as e:
+            raise ValueError(f"{where}: cannot build {mname} with input channels {c_in}: {e}") from None
+        m_.i, m_.f, m_.type = i, f, f"{cls.__module__}.{cls.__qualname__}"
+        m_.np, m_.c_out = sum(p.numel() for p in m_.parameters()), c_out
+        LOGGER.debug(f"{i:>3}{f!s:>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{args!s:<30}")
+        save.extend(x % i for x in froms if x != -1)
+        layers.append(m_)
+        chs.append(c_out)
+    return nn.Sequential(*layers), sorted(set(save)), descriptions
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build a model YAML and print its summary")
+    parser.add_argument("--cfg", type=str, default="yolov5s.yaml", help="model.yaml")
+    parser.add_argument("--nc", type=int, default=None, help="override the class count")
+    parser.add_argument("--img", "--img-size", type=int, default=640, help="image size for GFLOPs / profiling")
+    parser.add_argument("--profile", action="store_true", help="profile each layer")
+    parser.add_argument("--verbose", action="store_true", help="list every parameter")
+    opt = parser.parse_args(argv)
+    model = DetectionModel(opt.cfg, nc=opt.nc)
+    for m in model.model:
+        LOGGER.info(f"{m.i:>3}{m.f!s:>18}{m.np:10.0f}  {m.type}")
+    model.info(verbose=opt.verbose, img_size=opt.img)
+    if opt.profile:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, model.yaml["ch"], opt.img, opt.img), profile=True)
+    return model
+
+
+if __name__ == "__main__":
+    from models.yolo import main as canonical_main  # one copy of the classes (models.yolo.Detect, not __main__.Detect)
+
+    canonical_main()

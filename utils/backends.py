@@ -1,0 +1,105 @@
+"""One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an ONNX model (onnxruntime)."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.general import LOGGER
+
+
+def _import_onnxruntime(weights):
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(f"{weights}: running an .onnx model needs onnxruntime (optional dependency): "
+                          f"pip install onnxruntime (or onnxruntime-gpu)") from e
+    return onnxruntime
+
+
+def parse_onnx_metadata(meta, weights="model.onnx"):
+    """(stride, names) from the custom metadata written by export.py (names parsed as a literal, never eval'd)."""
+    stride = int(float(meta["stride"])) if "stride" in meta else 32
+    names = {}
+    if "names" in meta:
+        try:
+            names = ast.literal_eval(meta["names"])
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{weights}: metadata 'names' is not a literal dict: {meta['names'][:80]!r}") from e
+        names = {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+    return stride, names
+
+
+class InferenceBackend:
+    """Load ``weights`` (.pt/.pth ours or upstream, or .onnx) and run it: ``backend(im) -> (bs, N, nc+5)``.
+
+    ``im`` is a float BCHW tensor scaled 0..1. Attributes: stride (int, the max stride), names (dict),
+    pt / onnx (bool), fp16, device, model (the nn.Module for .pt), session (for .onnx).
+    """
+
+    def __init__(self, weights, device="cpu", fp16=False, fuse=True):
+        self.weights = Path(weights)
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        suffix = self.weights.suffix.lower()
+        self.pt, self.onnx = suffix in (".pt", ".pth"), suffix == ".onnx"
+        self.model = self.session = None
+        self.fixed_shape = None
+        if self.pt:
+            from utils.checkpoint import load_model
+
+            self.fp16 = bool(fp16) and self.device.type == "cuda"  # fp16 only where it is fast
+            model = load_model(self.weights, device=self.device, fuse=fuse)
+            self.model = model.half() if self.fp16 else model
+            self.stride = int(torch.as_tensor(model.stride).max())
+            self.names = dict(model.names)
+        elif self.onnx:
+            self._load_onnx(fp16)
+        else:
+            raise ValueError(f"{self.weights}: unsupported weights format '{suffix}' (use .pt, .pth or .onnx)")
+
+    def _load_onnx(self, fp16):
+        if not self.weights.is_file():
+            raise FileNotFoundError(f"{self.weights}: ONNX model not found")
+        ort = _import_onnxruntime(self.weights)
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.weights), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.weights}: onnxruntime cannot load this model ({e})") from e
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_names = inp.name, [o.name for o in self.session.get_outputs()]
+        self.fp16 = inp.type == "tensor(float16)"
+        if fp16 and not self.fp16:
+            LOGGER.info(f"{self.weights}: float32 ONNX model, running in float32")
+        if all(isinstance(d, int) for d in inp.shape):
+            self.fixed_shape = tuple(inp.shape)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.stride, self.names = parse_onnx_metadata(meta, self.weights)
+
+    def __call__(self, im):
+        """Decoded predictions (bs, N, nc + 5) as float32 on ``self.device``."""
+        if self.pt:
+            im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
+            with torch.no_grad():
+                y = self.model(im)
+            y = y[0] if isinstance(y, (list, tuple)) else y
+            return y.float()
+        if self.fixed_shape is not None and tuple(im.shape) != self.fixed_shape:
+            raise ValueError(f"{self.weights}: static ONNX model expects input {self.fixed_shape}, got "
+                             f"{tuple(im.shape)} (export with --dynamic, or use --img {self.fixed_shape[-1]} "
+                             f"--batch-size {self.fixed_shape[0]} and no rectangular batches)")
+        x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
+        y = self.session.run(self.output_names[:1], {self.input_name: x})[0]
+        return torch.from_numpy(np.asarray(y, dtype=np.float32)).to(self.device)
+
+    def warmup(self, imgsz=(1, 3, 640, 640)):
+        """One forward pass on zeros, so the first timed call is not a cold start."""
+        if isinstance(imgsz, int):
+            imgsz = (1, 3, imgsz, imgsz)
+        if self.fixed_shape is not None:
+            imgsz = self.fixed_shape
+        with torch.no_grad():
+            self(torch.zeros(*imgsz, device=self.device))

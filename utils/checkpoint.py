@@ -1,0 +1,259 @@
+"""Our checkpoint format: atomic save, safe load (ours, upstream YOLOv5, plain state_dicts), model building
+and weight transfer for ``--weights``. Format described in docs/ARCHITECTURE.md."""
+
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+from argparse import Namespace
+from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from utils.general import LOGGER
+from utils.upstream import FORMAT, UpstreamCheckpointError, is_upstream_pickle, load_upstream, to_plain
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, damaged or of the wrong kind (message names the file)."""
+
+
+# ----------------------------------------------------------------------------- save
+def save_checkpoint(ckpt, path):
+    """torch.save ``ckpt`` to ``path`` atomically: write a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _unwrap(model):
+    """The bare model inside DataParallel / DistributedDataParallel."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def _names_dict(names, nc=0):
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    return {i: str(i) for i in range(int(nc or 0))}
+
+
+def _state_dict(module, half=False):
+    return OrderedDict(
+        (k, (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone())
+        for k, v in _unwrap(module).state_dict().items()
+    )
+
+
+def model_to_checkpoint_dict(model, half=False):
+    """``ckpt['model']`` entry for a DetectionModel: yaml, state_dict (float16 if half), names, nc, stride."""
+    model = _unwrap(model)
+    nc = int(getattr(model, "nc", model.yaml.get("nc", 0)))
+    stride = getattr(model, "stride", None)
+    stride = [float(s) for s in torch.as_tensor(stride).flatten().tolist()] if stride is not None else None
+    return {"yaml": to_plain(copy.deepcopy(model.yaml)), "state_dict": _state_dict(model, half),
+            "names": _names_dict(getattr(model, "names", None), nc), "nc": nc, "stride": stride}
+
+
+def make_checkpoint(model, ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None, opt=None,
+                    hyp=None, plugin=None, half=False):
+    """A complete checkpoint dict in our format (plain data; loadable with weights_only=True)."""
+    if isinstance(opt, Namespace):
+        opt = vars(opt)
+    return {
+        "format": FORMAT,
+        "model": model_to_checkpoint_dict(model, half=half),
+        "ema": _state_dict(ema, half) if isinstance(ema, torch.nn.Module) else ema,
+        "updates": updates,
+        "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
+        "epoch": int(epoch),
+        "best_fitness": None if best_fitness is None else float(best_fitness),
+        "opt": to_plain(opt or {}),
+        "hyp": to_plain(hyp or {}),
+        "plugin": plugin,
+        "date": datetime.now().isoformat(),
+    }
+
+
+# ----------------------------------------------------------------------------- load
+def _plain_state_dict(obj):
+    """The tensor dict inside a plain weights file ({name: tensor} or {'state_dict'|'model': {...}}), else None."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict) and obj[key] and "yaml" not in obj[key]:
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def read_weights_file(path):
+    """Load any supported weights file. Returns ('checkpoint', ckpt dict in our format) or ('state_dict', dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a torch.save zip archive (truncated, empty or another format)")
+    if is_upstream_pickle(path):
+        try:
+            return "checkpoint", load_upstream(path)
+        except UpstreamCheckpointError as e:
+            raise CheckpointError(str(e)) from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be loaded safely ({msg})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "state_dict" in obj["model"]:
+        if not str(obj.get("format", "")).startswith("yolov5-kd/"):
+            LOGGER.warning(f"WARNING: {path}: checkpoint without a 'format' tag, reading it as ours")
+        return "checkpoint", obj
+    state = _plain_state_dict(obj)
+    if state is not None:
+        return "state_dict", state
+    raise CheckpointError(f"{path}: unrecognised content (neither a yolov5-kd checkpoint, an upstream YOLOv5 "
+                          f"checkpoint, nor a state_dict of tensors)")
+
+
+def load_checkpoint(path):
+    """Checkpoint dict in our format from our file or an upstream YOLOv5 .pt (converted on the fly)."""
+    kind, obj = read_weights_file(path)
+    if kind != "checkpoint":
+        raise CheckpointError(f"{path}: a plain state_dict, not a checkpoint (no model yaml inside); "
+                              f"use load_model(path, cfg=...) or --weights with --cfg")
+    return obj
+
+
+def _build_model(cfg, nc=None):
+    from models.yolo import DetectionModel
+
+    if isinstance(cfg, dict):
+        cfg = copy.deepcopy(cfg)
+    return DetectionModel(cfg, ch=int(cfg.get("ch", 3)) if isinstance(cfg, dict) else 3, nc=nc)
+
+
+def _load_strict(model, state, path):
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model ({len(missing)} missing e.g. {missing[:3]}, "
+            f"{len(unexpected)} unexpected e.g. {unexpected[:3]}, {len(wrong)} wrong shape e.g. {wrong[:3]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_model(path, device="cpu", fuse=False, cfg=None):
+    """Ready DetectionModel (eval, float32, names/stride set) from ours, upstream YOLOv5 or a state_dict + cfg."""
+    kind, obj = read_weights_file(path)
+    if kind == "checkpoint":
+        entry = obj["model"]
+        model = _build_model(cfg if cfg is not None else entry["yaml"], nc=entry.get("nc"))
+        state, names = entry["state_dict"], entry.get("names")
+    else:
+        if cfg is None:
+            raise CheckpointError(f"{path}: a plain state_dict holds no architecture; give cfg= (a model YAML)")
+        model, state, names = _build_model(cfg), obj, None
+    _load_strict(model, state, path)
+    model.names = _names_dict(names, getattr(model, "nc", 0)) if names else _names_dict(None, model.nc)
+    if kind == "checkpoint" and entry.get("stride"):
+        expected = [float(s) for s in entry["stride"]]
+        got = [float(s) for s in torch.as_tensor(model.stride).flatten().tolist()]
+        if got != expected:
+            LOGGER.warning(f"WARNING: {path}: rebuilt model strides {got} differ from the checkpoint's {expected}")
+    model = model.float()
+    if fuse and hasattr(model, "fuse"):
+        with torch.no_grad():  # fused weights must stay leaf tensors
+            model = model.fuse()
+    model.pt_path = str(path)
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- transfer (--weights)
+def _source_state(path_or_state):
+    """(state_dict, model yaml or None, label for logs) from a path, a checkpoint dict or a state_dict."""
+    if isinstance(path_or_state, (str, Path)):
+        kind, obj = read_weights_file(path_or_state)
+        label = str(path_or_state)
+    else:
+        obj, label = path_or_state, "state_dict"
+        kind = "checkpoint" if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else "state_dict"
+    if kind == "checkpoint":
+        return obj["model"]["state_dict"], obj["model"].get("yaml"), label
+    state = _plain_state_dict(obj) if kind == "state_dict" else None
+    if state is None:
+        raise CheckpointError(f"{label}: no tensors to transfer")
+    return state, None, label
+
+
+def _match_by_name(src, dst, exclude):
+    return OrderedDict((k, v) for k, v in src.items()
+                       if k in dst and v.shape == dst[k].shape and not any(x in k for x in exclude))
+
+
+def _trim_ones(shape):
+    shape = list(shape)
+    while len(shape) > 1 and shape[-1] == 1:
+        shape.pop()
+    return shape
+
+
+def _match_by_order(src, dst):
+    """Pair entries in order while shapes agree (the compatible prefix), e.g. torchvision backbone -> our YAML.
+
+    A 1x1 conv weight (o, i, 1, 1) and a Linear weight (o, i) count as the same shape (SE blocks differ so).
+    """
+    out = OrderedDict()
+    for (_, v), (k, t) in zip(src.items(), dst.items()):
+        if v.shape == t.shape:
+            out[k] = v
+        elif v.dim() > 1 and t.dim() > 1 and _trim_ones(v.shape) == _trim_ones(t.shape):
+            out[k] = v.reshape(t.shape)
+        else:
+            break
+    return out
+
+
+def transfer_weights(model, path_or_state, exclude=()):
+    """Copy matching tensors into ``model`` (by name and shape; plain state_dicts by order if that matches more).
+
+    Detect output convs of a checkpoint with another class count never match (their shape differs);
+    anchors are excluded when the source's YAML anchors differ from the model's. Returns (n, total).
+    """
+    model_ = _unwrap(model)
+    src, src_yaml, label = _source_state(path_or_state)
+    dst = model_.state_dict()
+    exclude = list(exclude)
+    model_yaml = getattr(model_, "yaml", None) or {}
+    if src_yaml is not None and "anchors" in src_yaml and src_yaml.get("anchors") != model_yaml.get("anchors"):
+        exclude.append("anchor")
+    matched = _match_by_name(src, dst, exclude)
+    how = "by name"
+    if src_yaml is None:
+        by_order = _match_by_order(src, dst)
+        if len(by_order) > len(matched):
+            matched, how = by_order, "by order"
+    model_.load_state_dict({k: v.to(dst[k].dtype) for k, v in matched.items()}, strict=False)
+    LOGGER.info(f"Transferred {len(matched)}/{len(dst)} items from {label} ({how})")
+    return len(matched), len(dst)
