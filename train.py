@@ -1,0 +1,135 @@
+"""Train a YOLOv5 model on a detection dataset.
+
+Usage:
+    python train.py --data data/NEU-DET.yaml --cfg yolov5n.yaml --weights '' --img 224 --batch-size 16 --epochs 30
+    python train.py --resume runs/train/exp/weights/last.pt [--epochs 50]       # continue (or extend) a run
+    python -m torch.distributed.run --nproc_per_node 2 train.py ...              # DDP (NCCL on GPU, gloo on CPU)
+"""
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from utils.engine import RANK, Trainer  # noqa: E402
+from utils.general import LOGGER, colorstr, increment_path, print_args  # noqa: E402
+
+DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
+
+
+def build_parser():
+    """Upstream YOLOv5's train.py flags and defaults (plus --bf16 / --channels-last for CPU)."""
+    p = argparse.ArgumentParser(description="Train a YOLOv5 detector")
+    p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
+    p.add_argument("--cfg", type=str, default="", help="model.yaml path")
+    p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset.yaml path")
+    p.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch-low.yaml"), help="hyperparameters path")
+    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs, -1 for autobatch")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training (or a given last.pt)")
+    p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters (not supported yet)")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per RANK in DDP mode)")
+    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--quad", action="store_true", help="quad dataloader")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="Freeze layers: backbone=10, first3=0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="Global training seed")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="Automatic DDP Multi-GPU argument, do not modify")
+    p.add_argument("--bf16", action="store_true", help="CPU only: bfloat16 autocast (opt-in)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CPU, where it measured ~30%% faster)")
+    return p
+
+
+def parse_opt(known=False, args=None):
+    parser = build_parser()
+    return parser.parse_known_args(args)[0] if known else parser.parse_args(args)
+
+
+def _latest_run(search_dir):
+    runs = glob.glob(f"{search_dir}/**/last*.pt", recursive=True)
+    if not runs:
+        raise FileNotFoundError(f"--resume: no last.pt found under {search_dir}; pass the checkpoint path")
+    return max(runs, key=os.path.getctime)
+
+
+def _resume_opt(opt):
+    """Options of the run to resume (from its checkpoint); --epochs, --device, --workers may be changed."""
+    import argparse as ap
+
+    from utils.checkpoint import load_checkpoint
+
+    last = Path(opt.resume if isinstance(opt.resume, str) else _latest_run(opt.project))
+    ckpt = load_checkpoint(last)
+    if ckpt.get("optimizer") is None or int(ckpt.get("epoch", -1)) < 0:
+        raise ValueError(f"{last}: not a resumable checkpoint (finished or stripped); use --weights instead")
+    defaults = vars(build_parser().parse_args([]))
+    saved = dict(ckpt.get("opt") or {})
+    new = ap.Namespace(**{**vars(opt), **saved})
+    if opt.epochs != defaults["epochs"]:
+        new.epochs = opt.epochs
+    new.device, new.workers = opt.device, opt.workers
+    new.resume, new.weights, new.evolve = True, str(last), None
+    new.save_dir = str(last.parent.parent)
+    return new, ckpt.get("hyp") or new.hyp
+
+
+def _check_file(path, what):
+    if path and not Path(path).exists():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+
+
+def _resolve_cfg(cfg):
+    if cfg and not Path(cfg).exists() and (ROOT / "models" / cfg).exists():
+        return str(ROOT / "models" / cfg)
+    return cfg
+
+
+def main(opt, plugin=None):
+    """Train with the options of build_parser() (optionally with an engine Plugin) -> final results tuple."""
+    if opt.evolve:
+        raise SystemExit("train.py: --evolve (hyperparameter evolution) is not supported yet; "
+                         "run train.py with a --hyp file instead")
+    if RANK in (-1, 0):
+        print_args(opt, "train")
+    if opt.resume:
+        new, hyp = _resume_opt(opt)
+        vars(opt).update(vars(new))  # the caller's namespace reflects the resumed run (save_dir, epochs...)
+    else:
+        opt.cfg = _resolve_cfg(opt.cfg)
+        if not opt.cfg and not opt.weights:
+            opt.cfg = _resolve_cfg(DEFAULT_CFG)
+            LOGGER.info(f"train: no --cfg or --weights given, training {DEFAULT_CFG} from scratch")
+        _check_file(opt.cfg, "--cfg")
+        _check_file(opt.weights, "--weights")
+        _check_file(opt.hyp, "--hyp")
+        hyp = opt.hyp
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    return Trainer(opt, hyp, plugin=plugin).run()
+
+
+if __name__ == "__main__":
+    main(parse_opt())

@@ -1,0 +1,527 @@
+"""The one training engine (Trainer) and its extension point (Plugin). train.py and train_kd.py both run it."""
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.autoanchor import check_anchors
+from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
+from utils.loss import ComputeLoss
+from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
+
+LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
+RANK = int(os.getenv("RANK", -1))
+WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
+NBS = 64  # nominal batch size
+RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+               "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
+               "x/lr0", "x/lr1", "x/lr2")
+
+
+class Plugin:
+    """Extension point of the engine. Every method has a no-op default.
+
+    In setup() the engine offers: model (bare DetectionModel, hyp set), device, hyp (scaled), opt, data_dict,
+    nc, names, imgsz, dataset, train_loader, save_dir, amp/autocast settings, rank.
+    """
+
+    loss_names: tuple = ()
+
+    def setup(self, engine):
+        """Model, data, device and hyp exist; the optimiser does not yet."""
+
+    def trainable_modules(self):
+        """Extra nn.Modules to optimise (same 3 parameter groups) and checkpoint; not in the EMA."""
+        return []
+
+    def step_loss(self, imgs, targets, preds):
+        """Called in the autocast region after the student forward -> (loss (1,), {name: tensor})."""
+        return None, {}
+
+    def on_epoch_end(self, engine, epoch):
+        """After the epoch's validation and checkpoint."""
+
+    def teardown(self, engine):
+        """Always called (try/finally), also on error."""
+
+    def state_dict(self):
+        """Saved as ckpt['plugin'] in last.pt."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restored on --resume."""
+
+
+class EarlyStopping:
+    """Stop when fitness has not strictly improved for `patience` validated epochs."""
+
+    def __init__(self, patience=100):
+        self.best_fitness, self.best_epoch = -math.inf, 0
+        self.patience = patience or math.inf
+
+    def __call__(self, epoch, fitness):
+        if fitness > self.best_fitness:
+            self.best_epoch, self.best_fitness = epoch, fitness
+        stop = (epoch - self.best_epoch) >= self.patience
+        if stop:
+            LOGGER.info(f"Stopping training early as no improvement observed in last {self.patience} epochs. "
+                        f"Best results observed at epoch {self.best_epoch}, best model saved as best.pt.")
+        return stop
+
+
+def labels_to_class_weights(labels, nc):
+    """Inverse class frequency weights (nc,) from dataset labels, normalised to sum 1."""
+    if not len(labels):
+        return torch.ones(nc) / nc
+    classes = np.concatenate(labels, 0)[:, 0].astype(int)
+    counts = np.bincount(classes, minlength=nc).astype(float)
+    counts[counts == 0] = 1
+    w = 1 / counts
+    return torch.from_numpy(w / w.sum()).float()
+
+
+def labels_to_image_weights(labels, nc, class_weights):
+    """Per-image sampling weight = sum of its labels' class weights."""
+    return np.array([(class_weights[lb[:, 0].astype(int)]).sum() if len(lb) else 0.0 for lb in labels]) + 1e-9
+
+
+def autobatch(model, imgsz, device, fraction=0.6, default=16):
+    """Largest batch size using about `fraction` of the CUDA memory (linear fit of a few probes)."""
+    if device.type != "cuda":
+        LOGGER.info(f"AutoBatch: CUDA not used, using default --batch-size {default}")
+        return default
+    total = torch.cuda.get_device_properties(device).total_memory
+    sizes, mems = [1, 2, 4, 8, 16], []
+    for b in sizes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        x = torch.zeros(b, 3, imgsz, imgsz, device=device)
+        with torch.autocast("cuda"):
+            out = model(x)
+        sum(o.float().sum() for o in out).backward()
+        mems.append(torch.cuda.max_memory_allocated(device))
+    model.zero_grad(set_to_none=True)
+    slope, intercept = np.polyfit(sizes, mems, 1)
+    b = int((total * fraction - intercept) / max(slope, 1))
+    b = max(1, min(b, 1024))
+    LOGGER.info(f"AutoBatch: using batch-size {b} ({fraction:.0%} of {total / 2 ** 30:.1f} GiB)")
+    return b
+
+
+def _plain(v):
+    return str(v) if isinstance(v, Path) else v
+
+
+class Trainer:
+    """Trainer(opt, hyp, plugin).run() -> final (P, R, mAP50, mAP50-95, val box, obj, cls)."""
+
+    def __init__(self, opt, hyp, plugin=None):
+        self.opt = opt
+        self.hyp_in = hyp
+        self.plugin = plugin or Plugin()
+        self.rank, self.local_rank, self.world_size = RANK, LOCAL_RANK, WORLD_SIZE
+        self.main = RANK in (-1, 0)
+        self.save_dir = Path(opt.save_dir)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_device(self):
+        from utils.torch_utils import select_device
+
+        opt = self.opt
+        if self.world_size > 1:
+            use_cuda = torch.cuda.is_available() and str(opt.device).lower() != "cpu"
+            if use_cuda:
+                torch.cuda.set_device(self.local_rank)
+                self.device = torch.device("cuda", self.local_rank)
+            else:
+                self.device = torch.device("cpu")
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            shared = [str(self.save_dir)]
+            dist.broadcast_object_list(shared, 0)  # every rank uses rank 0's run folder
+            self.save_dir = Path(shared[0])
+            if opt.batch_size % self.world_size:
+                raise ValueError(f"--batch-size {opt.batch_size} must be a multiple of WORLD_SIZE {self.world_size}")
+        else:
+            self.device = select_device(opt.device, batch_size=opt.batch_size)
+        self.cuda = self.device.type == "cuda"
+        self.amp = self.cuda  # CUDA AMP (float16 + GradScaler)
+        self.bf16 = bool(getattr(opt, "bf16", False)) and not self.cuda
+        self.autocast_dtype = torch.float16 if self.amp else torch.bfloat16
+        self.autocast_on = self.amp or self.bf16
+        cl = getattr(opt, "channels_last", None)
+        self.channels_last = (self.device.type == "cpu") if cl is None else bool(cl)
+
+    def _load_hyp(self):
+        hyp = self.hyp_in
+        if isinstance(hyp, (str, Path)):
+            hyp = yaml_load(hyp)
+            if not hyp:
+                raise ValueError(f"{self.hyp_in}: empty hyperparameter file")
+        self.hyp_orig = dict(hyp)
+        self.hyp = dict(hyp)
+
+    def _build_model(self):
+        from models.yolo import DetectionModel
+        from utils.checkpoint import load_checkpoint, transfer_weights
+        from utils.dataset_yaml import check_dataset
+
+        opt = self.opt
+        if self.main:
+            self.data_dict = check_dataset(opt.data)
+        if self.world_size > 1:  # others wait for rank 0 (which may generate the synthetic set)
+            dist.barrier()
+            if not self.main:
+                self.data_dict = check_dataset(opt.data)
+        d = self.data_dict
+        self.nc = 1 if opt.single_cls else int(d["nc"])
+        self.names = {0: "item"} if opt.single_cls and len(d["names"]) != 1 else dict(d["names"])
+        self.resume_ckpt = load_checkpoint(opt.weights) if opt.resume else None
+        weights = str(opt.weights or "")
+        anchors = self.hyp.get("anchors")
+        if self.resume_ckpt is not None:
+            self.model = DetectionModel(self.resume_ckpt["model"]["yaml"], ch=3, nc=self.nc)
+            self.model.load_state_dict(self.resume_ckpt["model"]["state_dict"])
+        elif weights:
+            cfg = opt.cfg
+            if not cfg:
+                ckpt = load_checkpoint(weights)
+                cfg = ckpt["model"]["yaml"]
+            self.model = DetectionModel(cfg, ch=3, nc=self.nc, anchors=anchors)
+            transfer_weights(self.model, weights, exclude=("anchor",) if (opt.cfg or anchors) else ())
+        else:
+            if not opt.cfg:
+                raise ValueError("train: give --cfg (a model YAML) or --weights (a checkpoint)")
+            self.model = DetectionModel(opt.cfg, ch=3, nc=self.nc, anchors=anchors)
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        freeze = [f"model.{x}." for x in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0]))]
+        for k, v in self.model.named_parameters():
+            v.requires_grad = not any(x in k for x in freeze)
+        self.gs = max(int(self.model.stride.max()), 32)
+        self.imgsz = check_img_size(opt.imgsz, self.gs, floor=self.gs * 2)
+        self.batch_size = opt.batch_size
+        if self.batch_size == -1:
+            self.batch_size = autobatch(self.model, self.imgsz, self.device)
+
+    def _build_data(self):
+        from utils.dataloaders import create_dataloader
+
+        opt, hyp = self.opt, self.hyp
+        d = self.data_dict
+        bs = self.batch_size // self.world_size
+        self.train_loader, self.dataset = create_dataloader(
+            d["train"], self.imgsz, bs, self.gs, opt.single_cls, hyp=hyp, augment=True,
+            cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=self.local_rank,
+            workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "),
+            shuffle=True, seed=opt.seed)
+        labels = [lb for lb in self.dataset.labels]
+        if labels and len(np.concatenate(labels, 0)):
+            mlc = int(np.concatenate(labels, 0)[:, 0].max())
+            if mlc >= self.nc:
+                raise ValueError(f"{opt.data}: label class {mlc} exceeds nc={self.nc}; possible class labels are 0-{self.nc - 1}")
+        self.val_loader = None
+        if self.main:
+            self.val_loader = create_dataloader(
+                d["val"], self.imgsz, bs * 2, self.gs, opt.single_cls, hyp=hyp,
+                cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
+                prefix=colorstr("val: "))[0]
+            if self.resume_ckpt is None:
+                if not opt.noautoanchor:
+                    check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=self.imgsz)
+                det = self.model.model[-1]
+                det.anchors.copy_(det.anchors.half().float())  # the precision best.pt (float16) keeps
+                if not opt.noplots and labels:
+                    from utils.plots import plot_labels
+                    plot_labels(np.concatenate(labels, 0), self.names, self.save_dir)
+
+    def _scale_hyp(self):
+        hyp, opt = self.hyp, self.opt
+        nl = self.model.model[-1].nl
+        hyp["box"] *= 3 / nl
+        hyp["cls"] *= self.nc / 80 * 3 / nl
+        hyp["obj"] *= (self.imgsz / 640) ** 2 * 3 / nl
+        hyp["label_smoothing"] = opt.label_smoothing
+        self.accumulate = max(round(NBS / self.batch_size), 1)
+        hyp["weight_decay"] *= self.batch_size * self.accumulate / NBS
+        m = self.model
+        m.nc, m.hyp, m.names = self.nc, hyp, self.names
+        m.class_weights = labels_to_class_weights(self.dataset.labels, self.nc).to(self.device) * self.nc
+
+    def _build_optim(self):
+        opt, hyp = self.opt, self.hyp
+        self.extra_modules = list(self.plugin.trainable_modules() or [])
+        self.optimizer = smart_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"],
+                                         extra_modules=self.extra_modules)
+        self.lf = lr_lambda(self.epochs, hyp["lrf"], opt.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(self.model) if self.main else None
+        self.start_epoch, self.best_fitness = 0, 0.0
+        ck = self.resume_ckpt
+        if ck is not None:
+            if ck.get("optimizer") is not None:
+                self.optimizer.load_state_dict(ck["optimizer"])
+            self.best_fitness = ck.get("best_fitness") or 0.0
+            if self.ema is not None and ck.get("ema") is not None:
+                self.ema.ema.load_state_dict(ck["ema"])
+                self.ema.updates = int(ck.get("updates") or 0)
+            if ck.get("plugin") is not None:
+                self.plugin.load_state_dict(ck["plugin"])
+            self.start_epoch = int(ck["epoch"]) + 1
+            if self.start_epoch <= 0 or self.start_epoch >= self.epochs:
+                raise ValueError(f"{opt.weights}: training to {self.epochs} epochs is already done "
+                                 f"(checkpoint epoch {ck['epoch']}); pass a larger --epochs to extend it")
+            for g in self.optimizer.param_groups:  # lr of the next epoch (new schedule when --epochs grew)
+                g["lr"] = g["initial_lr"] * self.lf(self.start_epoch)
+            LOGGER.info(f"Resuming training from {opt.weights} from epoch {self.start_epoch} to {self.epochs} total epochs")
+        self.scheduler.last_epoch = self.start_epoch - 1
+
+    def _wrap_ddp(self):
+        self.train_model = self.model
+        if self.world_size > 1:
+            if self.opt.sync_bn and self.cuda:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.train_model = self.model
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.train_model = DDP(self.model, device_ids=[self.local_rank] if self.cuda else None,
+                                   output_device=self.local_rank if self.cuda else None)
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        try:
+            return self._run()
+        finally:
+            try:
+                self.plugin.teardown(self)
+            finally:
+                if self.world_size > 1 and dist.is_initialized():
+                    dist.destroy_process_group()
+
+    def _run(self):
+        opt = self.opt
+        self._setup_device()
+        self._load_hyp()
+        self.epochs = opt.epochs
+        self.wdir = self.save_dir / "weights"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            yaml_save(self.save_dir / "hyp.yaml", self.hyp_orig)
+            yaml_save(self.save_dir / "opt.yaml", {k: _plain(v) for k, v in vars(opt).items()})
+        init_seeds(opt.seed + 1 + max(self.rank, 0), deterministic=True)
+        self._build_model()
+        self._build_data()
+        self._scale_hyp()
+        self.plugin.setup(self)
+        self._build_optim()
+        self._wrap_ddp()
+        self.tb = self._tensorboard()
+        results = self._train_loop()
+        if self.main:
+            results = self._final_validation(results)
+        return results
+
+    def _tensorboard(self):
+        if not self.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            return SummaryWriter(str(self.save_dir))
+        except Exception:  # tensorboard is optional
+            return None
+
+    def _epoch_seed(self, epoch):
+        """Reseed every epoch so that a resumed run repeats the uninterrupted one exactly."""
+        seed = (self.opt.seed + 1 + max(self.rank, 0)) * 1_000_003 + epoch
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+        gen = getattr(self.train_loader, "generator", None)
+        if gen is not None:
+            gen.manual_seed(seed)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def _train_loop(self):
+        from utils.metrics import fitness
+
+        opt, hyp = self.opt, self.hyp
+        nb = len(self.train_loader)
+        nw = warmup_iters(hyp["warmup_epochs"], nb)
+        self.compute_loss = ComputeLoss(self.model)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        stopper = EarlyStopping(opt.patience)
+        names = tuple(self.plugin.loss_names)
+        results = (0, 0, 0, 0, 0, 0, 0)
+        self.maps = np.zeros(self.nc)
+        clip_params = [p for p in self.model.parameters() if p.requires_grad]
+        extra_params = [p for m in self.extra_modules for p in m.parameters() if p.requires_grad]
+        accumulate = self.accumulate
+        t0 = time.time()
+        if self.main:
+            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nStarting training for {self.epochs} epochs...")
+        epoch = self.start_epoch
+        for epoch in range(self.start_epoch, self.epochs):
+            self.train_model.train()
+            self._epoch_seed(epoch)
+            if opt.image_weights and self.world_size == 1:
+                cw = self.model.class_weights.cpu().numpy() * (1 - self.maps) ** 2 / self.nc
+                iw = labels_to_image_weights(self.dataset.labels, self.nc, cw)
+                self.dataset.indices = random.choices(range(len(self.dataset)), weights=iw, k=len(self.dataset))
+            mloss = torch.zeros(3 + len(names), device=self.device)
+            pbar = enumerate(self.train_loader)
+            if self.main:
+                LOGGER.info(("\n" + "%11s" * (7 + len(names))) %
+                            ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", *names, "Instances", "Size"))
+                pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
+            self.optimizer.zero_grad()
+            last_opt_step, last_log = epoch * nb - 1, 0.0
+            for i, (imgs, targets, paths, _) in pbar:
+                ni = i + nb * epoch
+                imgs = imgs.to(self.device, non_blocking=True).float() / 255
+                if ni <= nw:
+                    accumulate = apply_warmup(self.optimizer, ni, nw, epoch, self.lf, hyp, NBS, self.batch_size)
+                if opt.multi_scale:
+                    sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
+                    sf = sz / max(imgs.shape[2:])
+                    if sf != 1:
+                        ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
+                        imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+                if self.channels_last:
+                    imgs = imgs.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_on):
+                    pred = self.train_model(imgs)
+                    loss, loss_items = self.compute_loss(pred, targets.to(self.device))
+                    if names:
+                        ploss, pitems = self.plugin.step_loss(imgs, targets, pred)
+                        if ploss is not None:
+                            loss = loss + ploss.float().reshape(-1)[:1]
+                        extra = [torch.as_tensor(pitems.get(n, 0.0), device=self.device).detach().float().reshape(())
+                                 for n in names]
+                        loss_items = torch.cat((loss_items, torch.stack(extra)))
+                    if self.world_size > 1:
+                        loss = loss * self.world_size
+                    if opt.quad:
+                        loss = loss * 4.0
+                scaler.scale(loss).backward()
+                if ni - last_opt_step >= accumulate or i == nb - 1:
+                    self._optimizer_step(scaler, clip_params, extra_params)
+                    last_opt_step = ni
+                if self.main:
+                    mloss = (mloss * i + loss_items) / (i + 1)
+                    now = time.time()
+                    if now - last_log > 0.5 or i == nb - 1:  # throttled host sync for the bar
+                        last_log = now
+                        mem = f"{torch.cuda.memory_reserved(self.device) / 1e9 if self.cuda else 0:.3g}G"
+                        pbar.set_description(("%11s" * 2 + "%11.4g" * (len(mloss) + 2)) %
+                                             (f"{epoch}/{self.epochs - 1}", mem, *mloss.tolist(),
+                                              targets.shape[0], imgs.shape[-1]))
+                    if not opt.noplots and ni < 3:
+                        from utils.plots import plot_images
+                        plot_images(imgs.detach().float().cpu(), targets, paths,
+                                    self.save_dir / f"train_batch{ni}.jpg", names=self.names)
+            lr = [g["lr"] for g in self.optimizer.param_groups]
+            self.scheduler.step()
+            stop = False
+            if self.main:
+                self.ema.update_attr(self.model)
+                final_epoch = epoch + 1 == self.epochs
+                validated = not opt.noval or final_epoch
+                if validated:
+                    results, self.maps = self._validate(self.ema.ema)
+                fi = float(fitness(np.array(results).reshape(1, -1))[0])
+                if validated:
+                    stop = stopper(epoch, fi)
+                improved = fi > self.best_fitness
+                if improved:
+                    self.best_fitness = fi
+                self._log_epoch(epoch, mloss.tolist(), list(results), lr, names)
+                if not opt.nosave or final_epoch:
+                    self._save(epoch, improved or not self.best.exists())
+            self.plugin.on_epoch_end(self, epoch)
+            if self.world_size > 1:
+                flag = [stop]
+                dist.broadcast_object_list(flag, 0)
+                stop = flag[0]
+            if stop:
+                break
+        if self.main:
+            LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+        return results
+
+    def _optimizer_step(self, scaler, clip_params, extra_params):
+        if self.world_size > 1 and extra_params:  # plugin modules are outside DDP: average their grads here
+            for p in extra_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+        scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(clip_params + extra_params, max_norm=10.0)
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _validate(self, model, plots=False, verbose=False):
+        import val
+
+        results, maps, _ = val.run(self.data_dict, batch_size=self.batch_size // self.world_size * 2, imgsz=self.imgsz,
+                                   half=self.amp, model=model, single_cls=self.opt.single_cls,
+                                   dataloader=self.val_loader, save_dir=self.save_dir, plots=plots,
+                                   verbose=verbose, compute_loss=self.compute_loss)
+        return tuple(float(x) for x in results), np.asarray(maps)
+
+    def _log_epoch(self, epoch, mloss, results, lr, names):
+        keys = list(RESULT_KEYS) + [f"train/{n}" for n in names]
+        vals = mloss[:3] + results + lr + mloss[3:]
+        file = self.save_dir / "results.csv"
+        n = len(keys) + 1
+        header = "" if file.exists() else (("%20s," * n % tuple(["epoch"] + keys)).rstrip(",") + "\n")
+        with open(file, "a") as f:
+            f.write(header + ("%20.5g," * n % tuple([epoch] + vals)).rstrip(",") + "\n")
+        if self.tb is not None:
+            for k, v in zip(keys, vals):
+                self.tb.add_scalar(k, v, epoch)
+
+    def _save(self, epoch, is_best):
+        from utils.checkpoint import make_checkpoint, save_checkpoint
+
+        opt_plain = {k: _plain(v) for k, v in vars(self.opt).items()}
+        ckpt = make_checkpoint(self.model, ema=self.ema.ema, updates=self.ema.updates, optimizer=self.optimizer,
+                               epoch=epoch, best_fitness=self.best_fitness, opt=opt_plain, hyp=self.hyp_orig,
+                               plugin=self.plugin.state_dict() or None)
+        save_checkpoint(ckpt, self.last)
+        if is_best:  # EMA in float16, no optimiser, no plugin modules
+            save_checkpoint(make_checkpoint(self.ema.ema, epoch=-1, best_fitness=self.best_fitness, opt=opt_plain,
+                                            hyp=self.hyp_orig, half=True), self.best)
+        if self.opt.save_period > 0 and (epoch + 1) % self.opt.save_period == 0:
+            save_checkpoint(ckpt, self.wdir / f"epoch{epoch}.pt")
+
+    def _final_validation(self, results):
+        from utils.checkpoint import load_model
+
+        if self.best.exists():
+            LOGGER.info(f"\nValidating {self.best}...")
+            model = load_model(self.best, device=self.device)
+            model.names = self.names
+            results, _ = self._validate(model, plots=not self.opt.noplots, verbose=True)
+        if not self.opt.noplots and (self.save_dir / "results.csv").exists():
+            from utils.plots import plot_results
+            plot_results(file=self.save_dir / "results.csv")
+        if self.tb is not None:
+            self.tb.close()
+        LOGGER.info(f"Results saved to {colorstr('bold', self.save_dir)}")
+        return results
+

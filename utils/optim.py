@@ -1,0 +1,127 @@
+"""Optimiser construction (3 parameter groups), LR schedules, warmup and the model EMA."""
+
+import math
+from copy import deepcopy
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.general import LOGGER, colorstr
+
+NORM_TYPES = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def split_param_groups(modules):
+    """Trainable parameters of modules as (biases, weights with decay, norm weights) lists."""
+    biases, weights, norm_weights = [], [], []
+    seen = set()
+    for module in modules:
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if name == "bias":
+                    biases.append(p)
+                elif isinstance(m, NORM_TYPES) and name == "weight":
+                    norm_weights.append(p)
+                else:
+                    weights.append(p)
+    return biases, weights, norm_weights
+
+
+def smart_optimizer(model, name="SGD", lr=0.001, momentum=0.9, decay=1e-5, extra_modules=()):
+    """Optimizer with groups [0] biases (no decay), [1] weights (decay), [2] norm weights (no decay).
+
+    Parameters of extra_modules (e.g. distillation adapters) join the same groups.
+    Group 0 is the biases so that warmup's bias lr and results.csv's x/lr0 refer to it, as upstream.
+    """
+    biases, weights, norm_weights = split_param_groups([_unwrap(model), *extra_modules])
+    if name == "SGD":
+        optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "Adam":
+        optimizer = torch.optim.Adam(biases, lr=lr, betas=(momentum, 0.999))
+    elif name == "AdamW":
+        optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise NotImplementedError(f"optimizer '{name}' not supported: use SGD, Adam or AdamW")
+    optimizer.add_param_group({"params": weights, "weight_decay": decay})
+    optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
+    LOGGER.info(f"{colorstr('optimizer:')} {type(optimizer).__name__}(lr={lr}) with parameter groups "
+                f"{len(norm_weights)} weight(decay=0.0), {len(weights)} weight(decay={decay}), {len(biases)} bias")
+    return optimizer
+
+
+def linear_lr(epochs, lrf):
+    """LR multiplier per epoch: linear from 1 to lrf."""
+    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+
+def cosine_lr(epochs, lrf):
+    """LR multiplier per epoch: half cosine from 1 to lrf."""
+    return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+
+
+def lr_lambda(epochs, lrf, cos=False):
+    return cosine_lr(epochs, lrf) if cos else linear_lr(epochs, lrf)
+
+
+def warmup_iters(warmup_epochs, batches_per_epoch):
+    """Number of warmup iterations: max(round(warmup_epochs * nb), 100)."""
+    return max(round(warmup_epochs * batches_per_epoch), 100)
+
+
+def apply_warmup(optimizer, ni, nw, epoch, lf, hyp, nbs, batch_size):
+    """Set lr/momentum of every group for iteration ni < nw; returns the accumulate count to use."""
+    xi = [0, nw]
+    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
+    for j, g in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+        g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lf(epoch)]))
+        if "momentum" in g:
+            g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+    return accumulate
+
+
+class ModelEMA:
+    """Exponential moving average of every floating-point state entry (weights and BN buffers).
+
+    decay(updates) = decay * (1 - exp(-updates / tau)), so early updates follow the model closely.
+    """
+
+    def __init__(self, model, decay=0.9999, tau=2000, updates=0):
+        self.ema = deepcopy(_unwrap(model)).eval()
+        self.updates = updates
+        self.base_decay, self.tau = decay, tau
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def decay(self, updates):
+        return self.base_decay * (1 - math.exp(-updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model):
+        self.updates += 1
+        d = self.decay(self.updates)
+        msd = _unwrap(model).state_dict()
+        ema_t, model_t = [], []
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema_t.append(v)
+                model_t.append(msd[k].detach().to(v.dtype))
+        if ema_t:
+            torch._foreach_mul_(ema_t, d)
+            torch._foreach_add_(ema_t, model_t, alpha=1.0 - d)
+
+    def update_attr(self, model, include=("yaml", "nc", "hyp", "names", "stride", "class_weights"),
+                    exclude=("process_group", "reducer", "training")):
+        """Copy plain attributes (names, hyp, nc, ...) from the model to the EMA."""
+        for k, v in _unwrap(model).__dict__.items():
+            if (include and k not in include) or k.startswith("_") or k in exclude:
+                continue
+            setattr(self.ema, k, v)
