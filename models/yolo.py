@@ -233,6 +233,8 @@ class DetectionModel(nn.Module):
                 fuse_sequential(m)
             elif hasattr(m, "fuse_bn"):
                 m.fuse_bn()
+        for layer in self.model:  # keep the per-layer parameter counts true after fusing
+            layer.np = sum(p.numel() for p in layer.parameters())
         self.info()
         return self
 

@@ -64,8 +64,9 @@ def time_sync():
     return time.time()
 
 
+@torch.no_grad()
 def fuse_conv_and_bn(conv, bn):
-    """Return a Conv2d with bias whose output equals bn(conv(x)) in eval mode."""
+    """Return a Conv2d with bias whose output equals bn(conv(x)) in eval mode (plain leaf parameters)."""
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
         padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,

@@ -1,0 +1,141 @@
+"""Pure distillation losses and GT masks (utils/distill/losses.py, masks.py)."""
+
+import math
+
+import pytest
+import torch
+
+from utils.distill import losses as L
+from utils.distill.masks import fgfi_mask, gt_cell_mask, wat_mask
+
+GAINS = {"giou": 0.05, "kd": 1.0, "obj": 0.3, "cls": 0.2}
+
+
+def _preds(seed, nc=3, bs=2, sizes=((8, 8), (4, 4))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bs, 3, h, w, 5 + nc, generator=g) for h, w in sizes]
+
+
+def _feat(seed, shape=(2, 8, 6, 6)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_positive_with_grad(fn, s, *rest):
+    s = s.clone().requires_grad_(True)
+    loss = fn(s, *rest)
+    assert loss.item() > 0
+    loss.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", L.KD_CLS_TYPES)
+def test_output_kd_zero_when_equal_positive_otherwise(kind):
+    t = _preds(0)
+    total, items = L.output_kd_loss([x.clone() for x in t], t, GAINS, nc=3, kind=kind, temperature=2.0)
+    assert total.abs().item() < 1e-6 and items.abs().max().item() < 1e-6
+    s = [x.clone().requires_grad_(True) for x in _preds(1)]
+    total, items = L.output_kd_loss(s, t, GAINS, nc=3, kind=kind, temperature=2.0)
+    assert total.item() > 0 and (items > 0).all()
+    total.backward()
+    assert all(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0 for x in s)
+
+
+def test_output_kd_scaling_and_single_class():
+    t, s = _preds(0), _preds(1)
+    total, items = L.output_kd_loss(s, t, GAINS, nc=3)
+    expect = 2 * GAINS["kd"] * (GAINS["giou"] * items[0] + GAINS["obj"] * items[1] + GAINS["cls"] * items[2])
+    assert math.isclose(total.item(), expect.item(), rel_tol=1e-5)
+    doubled, _ = L.output_kd_loss(s, t, {**GAINS, "kd": 2.0}, nc=3)
+    assert math.isclose(doubled.item(), 2 * total.item(), rel_tol=1e-5)
+    # nc == 1: no class term even though the class logits differ
+    t1, s1 = _preds(0, nc=1), _preds(1, nc=1)
+    _, items1 = L.output_kd_loss(s1, t1, GAINS, nc=1)
+    assert items1[2].item() == 0
+
+
+def test_output_kd_weighted_by_teacher_objectness():
+    t = _preds(0)
+    s = [x.clone() for x in t]
+    s[0][0, 0, 0, 0, 0] += 1.0  # one box error at one cell
+    t_low = [x.clone() for x in t]
+    t_low[0][0, 0, 0, 0, 4] = -20.0  # teacher says background there
+    s_low = [x.clone() for x in s]
+    s_low[0][0, 0, 0, 0, 4] = -20.0
+    _, hi = L.output_kd_loss(s, t, GAINS, nc=3)
+    _, lo = L.output_kd_loss(s_low, t_low, GAINS, nc=3)
+    assert lo[0] < hi[0] * 1e-3
+
+
+def test_kl_temperature_and_bad_kind():
+    t, s = _preds(0), _preds(1)
+    a, _ = L.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=1.0)
+    b, _ = L.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=4.0)
+    assert not math.isclose(a.item(), b.item(), rel_tol=1e-3)
+    with pytest.raises(ValueError, match="kd_loss_selected"):
+        L.output_kd_loss(s, t, GAINS, nc=3, kind="mse")
+
+
+@pytest.mark.parametrize("name", ["at", "ft", "fgfi", "cwd", "wat"])
+def test_feature_losses_zero_when_equal_positive_otherwise(name):
+    f_t = _feat(0)
+    mask = torch.zeros(2, 6, 6)
+    mask[:, 2:4, 1:5] = 1
+    fns = {"at": lambda s, t: L.at_loss(s, t), "ft": L.ft_loss, "cwd": lambda s, t: L.cwd_loss(s, t, 2.0),
+           "fgfi": lambda s, t: L.fgfi_loss(s, t, mask), "wat": lambda s, t: L.wat_loss(s, t, mask * 0.5 + 0.25)}
+    fn = fns[name]
+    assert fn(f_t.clone(), f_t).abs().item() < 1e-7
+    _assert_positive_with_grad(fn, _feat(1), f_t)
+
+
+def test_at_allows_different_channels_but_not_sizes():
+    assert L.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 16, 6, 6))).item() > 0
+    with pytest.raises(ValueError, match="do not pair"):
+        L.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 4, 3, 3)))
+
+
+def test_fgfi_empty_mask_is_zero_not_nan():
+    s = _feat(1).requires_grad_(True)
+    loss = L.fgfi_loss(s, _feat(0), torch.zeros(2, 6, 6))
+    assert loss.item() == 0 and not torch.isnan(loss)
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_fgfi_normalised_by_positive_cells():
+    f_t = torch.zeros(1, 4, 4, 4)
+    f_s = torch.ones(1, 4, 4, 4)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 0, :3] = 1  # 3 cells x 4 channels, each squared error 1
+    assert math.isclose(L.fgfi_loss(f_s, f_t, mask).item(), 12 / (2 * 12))
+
+
+# ------------------------------------------------------------------ masks
+def test_fgfi_mask_hand_built_case():
+    # 4x4 map, stride 8 (32 px input), one 16x16 anchor; box 16x16 centred at (16, 16) px.
+    # Anchors centred at cells (1..2, 1..2) overlap it 12x12 -> IoU 144/368 = 0.39 (the max);
+    # edge neighbours reach 48/464 = 0.10 < 0.5 * 0.39, so exactly the 4 centre cells.
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.5, 0.5]])
+    m = fgfi_mask(targets, bs=2, h=4, w=4, stride=8, anchors=torch.tensor([[16.0, 16.0]]))
+    expect = torch.zeros(2, 4, 4, dtype=torch.bool)
+    expect[0, 1:3, 1:3] = True
+    assert torch.equal(m, expect)  # image 1 has no box: nothing marked
+
+
+def test_fgfi_mask_per_image_and_empty():
+    anchors = torch.tensor([[8.0, 8.0], [16.0, 16.0]])
+    targets = torch.tensor([[1, 0, 0.125, 0.125, 0.25, 0.25]])  # image 1, top-left cell (0, 0)
+    m = fgfi_mask(targets, bs=2, h=4, w=4, stride=8, anchors=anchors)
+    assert not m[0].any() and m[1, 0, 0] and m[1].sum() < 16
+    empty = fgfi_mask(torch.zeros(0, 6), bs=2, h=4, w=4, stride=8, anchors=anchors)
+    assert empty.shape == (2, 4, 4) and not empty.any()
+
+
+def test_gt_mask_cells_ratio_and_tiny_box():
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.5, 0.5],     # covers the centre 2x2 cells of a 4x4 map
+                            [1, 0, 0.90, 0.10, 0.01, 0.01]])  # tiny box -> its centre cell (0, 3)
+    cells = gt_cell_mask(targets, bs=2, h=4, w=4)
+    assert cells[0, 1:3, 1:3].all() and cells[0].sum() == 4
+    assert cells[1, 0, 3] and cells[1].sum() == 1
+    m = wat_mask(targets, bs=2, h=4, w=4, ratio=0.25)
+    assert m[0, 1, 1].item() == 0.75 and m[0, 0, 0].item() == 0.25
+    assert torch.equal(wat_mask(torch.zeros(0, 6), 1, 4, 4, 0.3), torch.full((1, 4, 4), 0.3))

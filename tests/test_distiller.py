@@ -1,0 +1,196 @@
+"""Distiller plug-in, taps and pairing on tiny models (CPU)."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from utils.distill.distiller import Distiller, parse_feats
+from utils.distill.pairing import pair_layers, parse_kd_layers, role_layers
+from utils.distill.taps import FeatureTaps, hook_count
+from utils.general import ROOT, yaml_load
+
+IMG = 64
+HYP = {"box": 0.05, "obj": 0.3, "cls": 0.2}
+
+
+def tiny_model(cfg="yolov5n.yaml", nc=3, seed=0, **overrides):
+    from models.yolo import DetectionModel
+    d = yaml_load(ROOT / "models" / cfg)
+    d.update({"depth_multiple": 0.33, "width_multiple": 0.25, **overrides})
+    torch.manual_seed(seed)
+    m = DetectionModel(d, nc=nc)
+    m.names = {i: f"c{i}" for i in range(nc)}
+    m.hyp = dict(HYP)
+    return m
+
+
+def save_ours(model, path):
+    from utils.checkpoint import make_checkpoint, save_checkpoint
+    save_checkpoint(make_checkpoint(model), path)
+    return str(path)
+
+
+def make_opt(teacher_file, **kw):
+    base = dict(teacher_weight=teacher_file, kd=True, kd_loss_selected="l2", temperature=2.0, alpha=1.0,
+                beta=1.0, feat=[], ratio=0.25, kd_layers=None, cfg="student.yaml", weights="")
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def make_distiller(tmp_path, student, teacher, **kw):
+    d = Distiller(make_opt(save_ours(teacher, tmp_path / "teacher.pt"), **kw))
+    d.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+    return d
+
+
+def batch(seed=0, bs=2):
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(bs, 3, IMG, IMG, generator=g)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.3], [1, 2, 0.3, 0.6, 0.2, 0.5]])
+    return imgs, targets
+
+
+def kd_step(d, student, imgs, targets):
+    preds = student(imgs)
+    return d.step_loss(imgs, targets, preds)
+
+
+# ------------------------------------------------------------------ taps and pairing
+def test_taps_record_and_always_remove():
+    m = tiny_model()
+    before = hook_count(m)
+    with FeatureTaps(m, [4, 17]) as taps:
+        m.eval()(torch.zeros(1, 3, IMG, IMG))
+        assert taps[4].shape[-1] == IMG // 8 and taps[17].shape[-1] == IMG // 8
+        assert hook_count(m) == before + 2
+    assert hook_count(m) == before
+    with pytest.raises(RuntimeError):
+        with FeatureTaps(m, [4]):
+            raise RuntimeError("boom")
+    assert hook_count(m) == before
+    with pytest.raises(IndexError):
+        FeatureTaps(m, [4, 999])
+    assert hook_count(m) == before
+
+
+def test_pairing_by_stride_and_role_with_se_teacher():
+    student = tiny_model()
+    teacher = tiny_model("yolov5m-se.yaml", depth_multiple=0.33, width_multiple=0.25)
+    t_roles, s_roles = role_layers(teacher), role_layers(student)
+    assert s_roles["neck"] == {8.0: 17, 16.0: 20, 32.0: 23}
+    assert set(t_roles["backbone"]) == set(s_roles["backbone"]) == {4.0, 8.0, 16.0, 32.0}
+    pairs = pair_layers(teacher, student)
+    assert [p[2] for p in pairs] == [4.0, 8.0, 16.0, 32.0, 8.0, 16.0, 32.0]
+    det_t = teacher.model[-1].f
+    assert [p[0] for p in pairs[-3:]] == list(det_t) and [p[1] for p in pairs[-3:]] == [17, 20, 23]
+    assert any(t != s for t, s, *_ in pairs)  # indices shifted by the SE layers, still paired
+    assert parse_kd_layers("17:17, 20:20") == [(17, 17), (20, 20)]
+    with pytest.raises(ValueError, match="stride"):
+        pair_layers(teacher, student, override=f"{det_t[0]}:20")
+    with pytest.raises(ValueError, match="kd-layers"):
+        parse_kd_layers("17-17")
+
+
+def test_parse_feats():
+    assert parse_feats(["none"]) == () and parse_feats(["wat", "ft"]) == ("wat", "ft")
+    assert parse_feats("at,fgfi") == ("at", "fgfi")
+    with pytest.raises(ValueError, match="unknown"):
+        parse_feats(["sim"])
+
+
+# ------------------------------------------------------------------ distiller
+@pytest.mark.parametrize("kd_type", ["l2", "kl", "bce"])
+def test_every_term_zero_for_identical_student(tmp_path, kd_type):
+    teacher = tiny_model()
+    student = copy.deepcopy(teacher).eval()  # eval: BN uses the same statistics as the teacher
+    d = make_distiller(tmp_path, student, teacher, kd_loss_selected=kd_type, feat=["at", "wat"])
+    imgs, targets = batch()
+    for _ in range(2):  # feature terms start at step 2
+        loss, items = _eval_step(d, student, imgs, targets)
+    assert set(items) == {"kd", "at", "wat"}
+    assert loss.abs().item() < 1e-6 and all(v.abs().item() < 1e-6 for v in items.values())
+    d.teardown()
+
+
+def _eval_step(d, student, imgs, targets):
+    _, raw = student(imgs)
+    return d.step_loss(imgs, targets, raw)
+
+
+def test_terms_positive_with_grad_and_adapters_learn(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
+    d = make_distiller(tmp_path, student, teacher, feat=["at", "wat", "ft", "fgfi", "cwd"])
+    assert d.trainable_modules() and set(d.adapters.keys()) == {"s17", "s20", "s23"}
+    imgs, targets = batch()
+    kd_step(d, student, imgs, targets)  # step 1: kd only
+    loss, items = kd_step(d, student, imgs, targets)
+    assert all(v.item() > 0 for v in items.values()), items
+    loss.backward()
+    grads = [p.grad for p in d.adapters.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    d.teardown()
+    assert hook_count(student) == 0 and hook_count(teacher) == 0
+
+
+def test_kd_loss_falls_on_fixed_batch(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
+    d = make_distiller(tmp_path, student, teacher, feat=["fgfi"])
+    params = list(student.parameters()) + list(d.adapters.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    imgs, targets = batch()
+    history = []
+    for _ in range(10):
+        loss, items = kd_step(d, student, imgs, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({k: v.item() for k, v in items.items()})
+    d.teardown()
+    assert history[-1]["kd"] < 0.5 * history[0]["kd"], history
+    assert history[-1]["fgfi"] < history[1]["fgfi"]
+
+
+def test_teacher_frozen_and_state_roundtrip(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
+    d = make_distiller(tmp_path, student, teacher, feat=["ft"])
+    assert not d.teacher.training and not any(p.requires_grad for p in d.teacher.parameters())
+    before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    imgs, targets = batch()
+    for _ in range(3):
+        kd_step(d, student, imgs, targets)[0].backward()
+    assert all(torch.equal(before[k], v) for k, v in d.teacher.state_dict().items())
+    with torch.no_grad():
+        for p in d.adapters.parameters():
+            p.add_(1.0)
+    state = d.state_dict()
+    d.teardown()
+    d2 = Distiller(make_opt(d.teacher_file, feat=["ft"]))
+    d2.load_state_dict(state)  # before setup, as on --resume
+    d2.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+    for a, b in zip(d.adapters.state_dict().values(), d2.adapters.state_dict().values()):
+        assert torch.equal(a, b)
+    d2.teardown()
+
+
+def test_mismatch_error_names_both_files(tmp_path):
+    teacher, student = tiny_model(nc=4), tiny_model(nc=3)
+    tfile = save_ours(teacher, tmp_path / "teacher_nc4.pt")
+    d = Distiller(make_opt(tfile, cfg="my_student.yaml"))
+    with pytest.raises(ValueError) as e:
+        d.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+    msg = str(e.value)
+    assert "teacher_nc4.pt" in msg and "my_student.yaml" in msg and "nc 4 vs 3" in msg
+    assert hook_count(student) == 0
+
+
+def test_no_kd_no_feat_gives_zero_and_no_columns(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2)
+    d = make_distiller(tmp_path, student, teacher, kd=False, feat=[])
+    assert d.loss_names == ()
+    imgs, targets = batch()
+    loss, items = kd_step(d, student, imgs, targets)
+    assert loss.item() == 0 and items == {}
+    d.teardown()

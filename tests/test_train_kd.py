@@ -1,0 +1,128 @@
+"""train_kd.py end to end on a tiny generated dataset (CPU, 64 px, 1 epoch)."""
+
+import csv
+
+import pytest
+import torch
+
+from utils.distill import distiller as distiller_mod
+from utils.distill.taps import hook_count
+
+IMG = 64
+NC = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Four 64x64 images with boxes, used for train and val."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+    root = tmp_path_factory.mktemp("kd_data")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        img = rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)
+        cv2.rectangle(img, (10 + i * 4, 12), (40 + i * 3, 50), (255, 255, 255), -1)
+        cv2.imwrite(str(root / "images" / f"im{i}.jpg"), img)
+        (root / "labels" / f"im{i}.txt").write_text(f"{i % NC} 0.45 0.48 0.45 0.55\n1 0.8 0.2 0.2 0.2\n")
+    yaml_file = root / "tiny.yaml"
+    yaml_file.write_text(f"path: {root}\ntrain: images\nval: images\nnc: {NC}\nnames: ['a', 'b']\n")
+    return yaml_file
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    from models.yolo import DetectionModel
+    from utils.checkpoint import make_checkpoint, save_checkpoint
+    from utils.general import ROOT, yaml_load
+    d = yaml_load(ROOT / "models" / "yolov5n.yaml")
+    torch.manual_seed(3)
+    m = DetectionModel(d, nc=NC)
+    m.names = {0: "a", 1: "b"}
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(make_checkpoint(m), path)
+    return str(path)
+
+
+def common_args(data, project, name):
+    return ["--cfg", "models/yolov5n.yaml", "--data", str(data), "--imgsz", str(IMG), "--epochs", "1",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--project", str(project), "--name", name,
+            "--noplots", "--seed", "0", "--noautoanchor"]
+
+
+class Spy:
+    """Record the Distiller's models and the teacher's state, then check them after the run."""
+
+    def __init__(self, monkeypatch, fail_at_step=None):
+        self.models, self.teacher_state, self.calls = [], None, 0
+        orig_setup, orig_step = distiller_mod.Distiller.setup, distiller_mod.Distiller.step_loss
+        spy = self
+
+        def setup(d, engine):
+            orig_setup(d, engine)
+            spy.models = [d.student, d.teacher]
+            spy.teacher_state = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+
+        def step_loss(d, *args):
+            spy.calls += 1
+            if fail_at_step is not None and spy.calls >= fail_at_step:
+                raise RuntimeError("injected failure")
+            return orig_step(d, *args)
+
+        monkeypatch.setattr(distiller_mod.Distiller, "setup", setup)
+        monkeypatch.setattr(distiller_mod.Distiller, "step_loss", step_loss)
+
+
+def run_kd(data, project, name, teacher, extra=()):
+    import train_kd
+    opt = train_kd.parse_opt(common_args(data, project, name) + ["--teacher_weight", teacher, *extra])
+    train_kd.main(opt)
+    return project / name
+
+
+def test_kd_run_outputs_hooks_teacher_and_checkpoints(tmp_path, tiny_data, teacher_file, monkeypatch):
+    import train
+    spy = Spy(monkeypatch)
+    save = run_kd(tiny_data, tmp_path, "kd", teacher_file, ["--feat", "fgfi"])
+    student, teacher = spy.models
+    assert spy.calls > 0 and hook_count(student) == 0 and hook_count(teacher) == 0
+    assert all(torch.equal(spy.teacher_state[k], v.to(spy.teacher_state[k].device))
+               for k, v in teacher.state_dict().items())
+    with open(save / "results.csv") as f:
+        header = [h.strip() for h in next(csv.reader(f))]
+    assert "train/kd" in header and "train/fgfi" in header
+    last = torch.load(save / "weights" / "last.pt", weights_only=True)
+    adapters = last["plugin"]["adapters"]
+    assert adapters and any(k.endswith("0.weight") for k in adapters)
+    best = torch.load(save / "weights" / "best.pt", weights_only=True)
+    train.main(train.parse_opt(args=common_args(tiny_data, tmp_path, "plain")))
+    plain_best = torch.load(tmp_path / "plain" / "weights" / "best.pt", weights_only=True)
+    assert list(best["model"]["state_dict"]) == list(plain_best["model"]["state_dict"])
+
+
+def test_hooks_removed_when_training_raises(tmp_path, tiny_data, teacher_file, monkeypatch):
+    spy = Spy(monkeypatch, fail_at_step=2)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_kd(tiny_data, tmp_path, "boom", teacher_file, ["--feat", "at"])
+    assert spy.models and all(hook_count(m) == 0 for m in spy.models)
+
+
+def test_zero_weights_reproduce_plain_training(tmp_path, tiny_data, teacher_file):
+    import train
+    train.main(train.parse_opt(args=common_args(tiny_data, tmp_path, "plain")))
+    run_kd(tiny_data, tmp_path, "kd0", teacher_file, ["--alpha", "0", "--beta", "0", "--feat", "fgfi"])
+    a = torch.load(tmp_path / "plain" / "weights" / "last.pt", weights_only=True)["model"]["state_dict"]
+    b = torch.load(tmp_path / "kd0" / "weights" / "last.pt", weights_only=True)["model"]["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path, tiny_data):
+    import train_kd
+    opt = train_kd.parse_opt(common_args(tiny_data, tmp_path, "x"))
+    with pytest.raises(SystemExit, match="teacher_weight is required"):
+        train_kd.main(opt)
+    opt.teacher_weight = str(tmp_path / "nope.pt")
+    with pytest.raises(SystemExit, match="nope.pt does not exist"):
+        train_kd.main(opt)
+    assert train_kd.parse_opt(["--no-kd"]).kd is False and train_kd.parse_opt([]).kd is True

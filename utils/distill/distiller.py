@@ -1,0 +1,215 @@
+"""Distiller: the knowledge-distillation plug-in of the training engine (SPEC.md section 4)."""
+
+import torch
+import torch.nn as nn
+
+from utils.engine import Plugin
+from utils.general import LOGGER, colorstr
+
+from . import losses as L
+from .adapters import AdapterSet
+from .masks import fgfi_mask, wat_mask
+from .pairing import pair_layers
+from .taps import FeatureTaps
+
+FEATURES = ("at", "wat", "ft", "fgfi", "cwd")
+ADAPTED = ("ft", "fgfi", "cwd")  # features compared after a student->teacher adapter
+NECK_ONLY = ("ft", "fgfi", "cwd")  # default: the neck layers feeding Detect
+KD_HYP_DEFAULTS = {"giou": 0.05, "kd": 1.0}
+
+
+def _core(model):
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def parse_feats(feat):
+    """--feat value(s) -> tuple of feature-loss names (validated); 'none' or empty -> ()."""
+    if feat is None:
+        return ()
+    items = feat if isinstance(feat, (list, tuple)) else [feat]
+    names = [n.strip().lower() for item in items for n in str(item).replace("+", ",").split(",") if n.strip()]
+    names = [n for n in names if n != "none"]
+    bad = [n for n in names if n not in FEATURES]
+    if bad:
+        raise ValueError(f"--feat: unknown feature loss {bad}; choose from {FEATURES} or none")
+    return tuple(dict.fromkeys(names))
+
+
+def _teacher_raw(out):
+    """Raw Detect maps from an eval-mode forward ((decoded, raw)) or a train-mode list."""
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, tuple)):
+        return list(out[1])
+    return list(out)
+
+
+class Distiller(Plugin):
+    """Adds alpha * L_kd + beta * L_feat to the detection loss.
+
+    Logged terms (results.csv 'train/<name>', per image like box/obj/cls): 'kd' (output KD)
+    and one column per selected feature loss, each as it enters the total loss.
+    """
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.kd_on = bool(getattr(opt, "kd", True))
+        self.kd_type = getattr(opt, "kd_loss_selected", "l2")
+        if self.kd_type not in L.KD_CLS_TYPES:
+            raise ValueError(f"--kd_loss_selected must be one of {L.KD_CLS_TYPES}, got {self.kd_type!r}")
+        self.temperature = float(getattr(opt, "temperature", 1.0))
+        self.alpha = float(getattr(opt, "alpha", 1.0))
+        self.beta = float(getattr(opt, "beta", 1.0))
+        self.ratio = float(getattr(opt, "ratio", 0.25))
+        self.feats = parse_feats(getattr(opt, "feat", None))
+        self.kd_layers = getattr(opt, "kd_layers", None) or None
+        self.loss_names = (("kd",) if self.kd_on else ()) + self.feats
+        self.teacher = self.adapters = None
+        self.t_taps = self.s_taps = None
+        self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
+        self._pending_state = None
+        self._checked = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, engine):
+        from utils.checkpoint import load_model
+
+        opt = self.opt
+        self.engine = engine
+        student = _core(engine.model)
+        self.student = student
+        device = next(student.parameters()).device
+        self.teacher_file = str(opt.teacher_weight)
+        self.student_file = str(getattr(opt, "weights", "") or getattr(opt, "cfg", "") or "student")
+        teacher = load_model(self.teacher_file, device=device)
+        teacher.eval().requires_grad_(False)
+        self.teacher = teacher
+        self.check_compatible()
+        self._read_hyp()
+        self.nc = int(student.nc)
+        self._build_pairs()
+        specs = {(s, c_s, c_t) for name in ADAPTED if name in self.feats for _, s, _, c_t, c_s in self.pairs[name]}
+        self.adapters = AdapterSet(sorted(specs)).to(device) if specs else None
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+        t_idx = sorted({t for p in self.pairs.values() for t, *_ in p})
+        self.t_taps = FeatureTaps(teacher, t_idx) if t_idx else None
+        amp = bool(getattr(engine, "amp", False)) and device.type == "cuda"
+        if amp:
+            teacher.half()  # same precision as the autocast student forward; BN stays frozen (eval)
+        LOGGER.info(f"{colorstr('distill:')} teacher {self.teacher_file} -> student {self.student_file}; "
+                    f"kd={'off' if not self.kd_on else self.kd_type} alpha={self.alpha} beta={self.beta} "
+                    f"feat={','.join(self.feats) or 'none'} pairs={ {k: [(t, s) for t, s, *_ in v] for k, v in self.pairs.items()} }")
+
+    def _build_pairs(self):
+        for name in self.feats:
+            roles = ("neck",) if name in NECK_ONLY else ("backbone", "neck")
+            pairs = pair_layers(self.teacher, self.student, roles=roles, override=self.kd_layers)
+            if not pairs:
+                raise ValueError(f"--feat {name}: no teacher/student layers share a stride; use --kd-layers t:s")
+            self.pairs[name] = pairs
+
+    def check_compatible(self):
+        """Fail with a message naming both files when nc, names, strides or anchors differ."""
+        t, s = self.teacher, self.student
+        td, sd = t.model[-1], s.model[-1]
+        problems = []
+        if int(t.nc) != int(s.nc):
+            problems.append(f"nc {t.nc} vs {s.nc}")
+        t_names = list(dict(t.names).values()) if isinstance(t.names, dict) else list(t.names)
+        s_names = list(dict(s.names).values()) if isinstance(s.names, dict) else list(s.names)
+        if not problems and t_names != s_names:
+            problems.append(f"names {t_names} vs {s_names}")
+        ts, ss = t.stride.flatten().tolist(), s.stride.flatten().tolist()
+        if ts != ss:
+            problems.append(f"strides {ts} vs {ss}")
+        elif td.anchors.shape != sd.anchors.shape or not torch.allclose(
+                (td.anchors * td.stride.view(-1, 1, 1)).float().cpu(), (sd.anchors * sd.stride.view(-1, 1, 1)).float().cpu(),
+                rtol=1e-3, atol=1e-2):
+            problems.append(f"anchors (pixels) {(td.anchors * td.stride.view(-1, 1, 1)).tolist()} vs "
+                            f"{(sd.anchors * sd.stride.view(-1, 1, 1)).tolist()} (autoanchor? use --noautoanchor)")
+        if problems:
+            raise ValueError(f"teacher {self.teacher_file} and student {self.student_file} are incompatible "
+                             f"(teacher vs student): {'; '.join(problems)}")
+
+    def _read_hyp(self):
+        """The detection loss's scaled gains (model.hyp, set by the engine) + giou/kd defaults."""
+        hyp = getattr(self.student, "hyp", None) or getattr(self.engine, "hyp", None) or {}
+        for k, v in KD_HYP_DEFAULTS.items():
+            hyp.setdefault(k, v)
+        self.hyp = hyp
+
+    def trainable_modules(self):
+        return [self.adapters] if self.adapters is not None else []
+
+    # ------------------------------------------------------------------ step
+    def step_loss(self, imgs, targets, preds):
+        ready = self._checked
+        targets = targets.to(imgs.device)
+        if not self._checked:  # once, before step 1 (autoanchor may have run after setup)
+            self.check_compatible()
+            self._read_hyp()
+            s_idx = sorted({s for p in self.pairs.values() for _, s, *_ in p})
+            # student taps are registered here, once, so that copies of the model made during
+            # the engine's setup (EMA) carry no hooks; this step's student forward already
+            # ran, so the feature terms start at step 2 (re-running it would move BN statistics)
+            self.s_taps = FeatureTaps(self.student, s_idx) if s_idx else None
+            self._checked = True
+        imgs_t = imgs.half() if next(self.teacher.parameters()).dtype == torch.float16 else imgs
+        with torch.no_grad():
+            t_raw = _teacher_raw(self.teacher(imgs_t))
+        bs = imgs.shape[0]
+        dev = imgs.device
+        total = torch.zeros((), device=dev)
+        items = {}
+        if self.kd_on:
+            l_kd, _ = L.output_kd_loss(list(preds), t_raw, self.hyp, self.nc, self.kd_type, self.temperature)
+            total = total + self.alpha * l_kd
+            items["kd"] = (self.alpha * l_kd / bs).detach()
+        for name in self.feats:
+            term = torch.zeros((), device=dev)
+            for t_i, s_i, stride, _, _ in (self.pairs[name] if ready else ()):
+                term = term + self._feature_term(name, t_i, s_i, stride, targets, bs)
+            total = total + self.beta * bs * term
+            items[name] = (self.beta * term).detach()
+        if self.t_taps:
+            self.t_taps.clear()
+        if self.s_taps:
+            self.s_taps.clear()
+        return total, items
+
+    def _feature_term(self, name, t_i, s_i, stride, targets, bs):
+        f_t, f_s = self.t_taps[t_i].float(), self.s_taps[s_i]
+        h, w = f_t.shape[-2:]
+        if name == "at":
+            return L.at_loss(f_s, f_t)
+        if name == "wat":
+            return L.wat_loss(f_s, f_t, wat_mask(targets, bs, h, w, self.ratio))
+        f_a = self.adapters.apply_to(s_i, f_s).float()
+        if name == "ft":
+            return L.ft_loss(f_a, f_t)
+        if name == "cwd":
+            return L.cwd_loss(f_a, f_t, self.temperature)
+        det = self.teacher.model[-1]
+        level = [int(round(x)) for x in det.stride.tolist()].index(int(round(stride)))
+        anchors_px = det.anchors[level].float() * det.stride[level].float()
+        return L.fgfi_loss(f_a, f_t, fgfi_mask(targets, bs, h, w, stride, anchors_px))
+
+    # ------------------------------------------------------------------ lifecycle
+    def teardown(self, engine=None):
+        for taps in (self.t_taps, self.s_taps):
+            if taps is not None:
+                taps.close()
+        self.t_taps = self.s_taps = None
+
+    def state_dict(self):
+        return {"adapters": self.adapters.state_dict() if self.adapters is not None else None,
+                "feats": list(self.feats), "kd_type": self.kd_type}
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        if self.teacher is None:  # before setup: applied once the adapters exist
+            self._pending_state = state
+            return
+        if state.get("adapters") and self.adapters is not None:
+            self.adapters.load_state_dict(state["adapters"])
+        self._pending_state = None
