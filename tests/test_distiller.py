@@ -194,3 +194,13 @@ def test_no_kd_no_feat_gives_zero_and_no_columns(tmp_path):
     loss, items = kd_step(d, student, imgs, targets)
     assert loss.item() == 0 and items == {}
     d.teardown()
+
+
+def test_student_takes_teacher_anchors(tmp_path):
+    """A teacher whose anchors AutoAnchor changed still distils: the student adopts them."""
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2)
+    with torch.no_grad():
+        teacher.model[-1].anchors.mul_(1.3)
+    assert not torch.equal(teacher.model[-1].anchors, student.model[-1].anchors)
+    make_distiller(tmp_path, student, teacher)
+    assert torch.equal(teacher.model[-1].anchors, student.model[-1].anchors)

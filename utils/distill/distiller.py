@@ -82,6 +82,7 @@ class Distiller(Plugin):
         teacher = load_model(self.teacher_file, device=device)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
+        self._adopt_teacher_anchors()
         self.check_compatible()
         self._read_hyp()
         self.nc = int(student.nc)
@@ -106,6 +107,18 @@ class Distiller(Plugin):
             if not pairs:
                 raise ValueError(f"--feat {name}: no teacher/student layers share a stride; use --kd-layers t:s")
             self.pairs[name] = pairs
+
+    def _adopt_teacher_anchors(self):
+        """Give the student the teacher's anchors (e.g. after the teacher's AutoAnchor) when the
+        levels and strides agree: output KD compares the two heads anchor by anchor."""
+        td, sd = self.teacher.model[-1], self.student.model[-1]
+        same_levels = td.anchors.shape == sd.anchors.shape and \
+            self.teacher.stride.flatten().tolist() == self.student.stride.flatten().tolist()
+        if same_levels and not torch.equal(td.anchors.float().cpu(), sd.anchors.float().cpu()):
+            with torch.no_grad():
+                sd.anchors.copy_(td.anchors.to(sd.anchors.device, sd.anchors.dtype))
+            LOGGER.info(f"{colorstr('distill:')} student {self.student_file} takes the anchors of teacher "
+                        f"{self.teacher_file}: {(td.anchors * td.stride.view(-1, 1, 1)).round().tolist()} px")
 
     def check_compatible(self):
         """Fail with a message naming both files when nc, names, strides or anchors differ."""
