@@ -42,6 +42,7 @@ def parse_opt(argv=None):
     p.add_argument("--device", default="", help="cpu, 0, 0,1 ... ('' = CUDA if available)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--project", default=str(ROOT / "runs/quickstart"), help="everything is written under here")
+    p.add_argument("--fp32", action="store_true", help="train in float32 on CPU (default: bfloat16 autocast, ~1.6x faster)")
     p.add_argument("--kd-args", default="", help="extra train_kd.py flags, e.g. \"--feat fgfi --beta 0.5\"")
     return p.parse_args(argv)
 
@@ -49,7 +50,7 @@ def parse_opt(argv=None):
 def _common_args(opt, project, name, epochs, cfg):
     return ["--data", opt.data, "--cfg", cfg, "--imgsz", str(opt.img), "--batch-size", str(opt.batch_size),
             "--epochs", str(epochs), "--device", opt.device, "--workers", str(opt.workers),
-            "--project", str(project), "--name", name, "--exist-ok", "--noplots"]
+            "--project", str(project), "--name", name, "--exist-ok", "--noplots"] + ([] if opt.fp32 else ["--bf16"])
 
 
 def _train(module, args):
@@ -63,7 +64,7 @@ def _train(module, args):
     return best, time.time() - t0
 
 
-def _evaluate(opt, run, weights, train_seconds, project):
+def _evaluate(opt, run, cfg, weights, train_seconds, project):
     """Validate one checkpoint with val.run and describe the model."""
     (_, _, map50, map5095, *_), _, speed = val.run(opt.data, weights=str(weights), batch_size=opt.batch_size,
                                                    imgsz=opt.img, device=opt.device, workers=opt.workers,
@@ -71,8 +72,7 @@ def _evaluate(opt, run, weights, train_seconds, project):
     model = load_model(weights)
     params = sum(p.numel() for p in model.parameters())
     gflops = model_flops(model, opt.img)
-    cfg = Path(model.yaml.get("yaml_file", "") or "").stem or "?"
-    return {"run": run, "model": cfg, "params": params, "GFLOPs": round(gflops, 2) if gflops else None,
+    return {"run": run, "model": Path(cfg).stem if cfg else "?", "params": params, "GFLOPs": round(gflops, 2) if gflops else None,
             "mAP50": round(float(map50), 4), "mAP50-95": round(float(map5095), 4),
             "ms/img": round(float(speed[1]), 2), "train s": round(train_seconds, 1)}
 
@@ -94,19 +94,19 @@ def main(opt):
     else:
         LOGGER.info(f"quickstart: 1/3 training the teacher {opt.teacher_cfg}")
         teacher, t_teacher = _train(train, _common_args(opt, project, "teacher", opt.teacher_epochs, opt.teacher_cfg))
-    rows.append(_evaluate(opt, "teacher", teacher, t_teacher, project))
+    rows.append(_evaluate(opt, "teacher", "" if opt.teacher_weight else opt.teacher_cfg, teacher, t_teacher, project))
 
     LOGGER.info(f"quickstart: 2/3 distilling the student {opt.student_cfg}")
     kd_args = _common_args(opt, project, "student_kd", opt.student_epochs, opt.student_cfg)
     kd_args += ["--teacher_weight", str(teacher)] + opt.kd_args.split()
     student, t_student = _train(train_kd, kd_args)
-    rows.append(_evaluate(opt, "student_kd", student, t_student, project))
+    rows.append(_evaluate(opt, "student_kd", opt.student_cfg, student, t_student, project))
 
     if opt.baseline:
         LOGGER.info(f"quickstart: 3/3 training the baseline student {opt.student_cfg} without distillation")
         base, t_base = _train(train, _common_args(opt, project, "student_baseline", opt.student_epochs,
                                                   opt.student_cfg))
-        rows.append(_evaluate(opt, "student_baseline", base, t_base, project))
+        rows.append(_evaluate(opt, "student_baseline", opt.student_cfg, base, t_base, project))
 
     table = format_table(rows)
     (project / "results.md").write_text(table + "\n")

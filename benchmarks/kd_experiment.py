@@ -52,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=None, help="feature loss weight (default: train_kd's)")
     p.add_argument("--combo-feat", nargs="+", default=None, help="feature losses of 'combo' (default: best of this table)")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="subset of runs")
+    p.add_argument("--train-args", default="", help="extra flags for every run, e.g. \"--bf16\"")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--overhead", action="store_true", help="time KD training steps instead of the table")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (--overhead)")
@@ -76,6 +77,7 @@ def run_one(name, script, extra, a, runs_dir):
            "--workers", str(a.workers), "--project", str(runs_dir), "--name", name, "--exist-ok", "--noautoanchor"]
     if a.device != "":
         cmd += ["--device", a.device]
+    cmd += a.train_args.split()
     if script == "train_kd.py":
         cmd += ["--teacher_weight", a.teacher] + extra + (["--beta", str(a.beta)] if a.beta is not None else [])
     print(f"[kd_experiment] {name}: {' '.join(cmd)}", flush=True)
