@@ -221,7 +221,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
             raise ValueError(f"{weights[0]}: model has {ncm} classes but {data.get('yaml_file', 'the dataset')} "
                              f"has nc={nc}: pass matching --weights and --data")
         forward.warmup((1 if forward.pt else batch_size, 3, imgsz, imgsz))
-        pad, rect = (0.0, False) if task == "speed" else (0.5, forward.pt)
+        shape_free = forward.pt or all(m.fixed_shape is None for m in forward.members)  # .pt or dynamic ONNX
+        pad, rect = (0.0, False) if task == "speed" else (0.5, shape_free)
         split = task if task in ("train", "val", "test") else "val"
         if not data.get(split):
             raise ValueError(f"{data.get('yaml_file', 'dataset')}: no '{split}:' split to validate on")

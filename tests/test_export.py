@@ -80,3 +80,30 @@ def test_metadata_names_are_parsed_not_evaluated():
 def test_backend_rejects_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match="unsupported weights format"):
         InferenceBackend(tmp_path / "model.tflite")
+
+
+def test_val_gives_same_map_for_pt_and_onnx(tmp_path):
+    """The upstream-trained fixture and its ONNX export score the same mAP on 24 NEU-DET val images."""
+    import shutil
+
+    import val
+    from tests.conftest import NEU_DET, UPSTREAM_CKPT
+
+    if not (UPSTREAM_CKPT.is_file() and (NEU_DET / "images" / "val").is_dir()):
+        pytest.skip("../shared fixture or NEU-DET absent")
+    weights = tmp_path / "neu.pt"
+    shutil.copy(UPSTREAM_CKPT, weights)  # never write next to ../shared
+    onnx_file = export.run(weights=str(weights), imgsz=(224, 224), dynamic=True)[0]
+    images = sorted((NEU_DET / "images" / "val").glob("*.jpg"))[::15]
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n".join(str(p) for p in images) + "\n")
+    data = {"path": str(tmp_path), "train": str(listing), "val": str(listing), "nc": 6,
+            "names": {i: n for i, n in enumerate(["crazing", "inclusion", "patches", "pitted_surface",
+                                                  "rolled-in_scale", "scratches"])}}
+    scores = []
+    for w in (weights, onnx_file):
+        (mp, mr, map50, map5095, *_), _, _ = val.run(data, weights=str(w), batch_size=8, imgsz=224, device="cpu",
+                                                     workers=0, project=tmp_path / "val", plots=False)
+        scores.append((map50, map5095))
+    assert scores[0][0] > 0.2, "the fixture should detect defects"
+    assert scores[0] == pytest.approx(scores[1], abs=2e-3)
