@@ -170,6 +170,23 @@ def test_label_cache_never_written_into_read_only_folder(tmp_path, monkeypatch):
     assert len(list((tmp_path / "repo" / "runs" / "cache" / "npy").rglob("*.npy"))) == 4
 
 
+def test_label_cache_respects_missing_write_bits_even_as_root(tmp_path, monkeypatch):
+    """A copy of ../shared elsewhere (or behind a symlink) has no write bits: root must not write there either."""
+    data = make_synthetic(tmp_path / "copy" / "syn", n_train=4, n_val=1)
+    monkeypatch.setattr(label_files, "ROOT", tmp_path / "repo")
+    folders = [p for p in [data, *data.rglob("*")] if p.is_dir()]
+    for p in folders:
+        p.chmod(0o555)
+    try:
+        before = sorted(p.relative_to(data) for p in data.rglob("*"))
+        create_dataloader(data / "images" / "train", 64, 2, 32, workers=0)
+        assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+        assert len(list((tmp_path / "repo" / "runs" / "cache" / "labels").rglob("*.cache"))) == 1
+    finally:
+        for p in folders:
+            p.chmod(0o755)
+
+
 def test_exif_orientation_respected(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     im = np.zeros((20, 40, 3), np.uint8)

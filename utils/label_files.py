@@ -19,7 +19,7 @@ from utils.image_io import IMG_FORMATS, decode_image, sniff_format
 
 CACHE_VERSION = "yolov5-kd-labels/1"
 COORD_TOLERANCE = 0.01  # normalised coords up to this far outside [0, 1] are clipped, beyond it dropped
-SHARED_DIR = ROOT.parent / "shared"  # read-only data beside the checkout: never write caches there
+SHARED_DIR = (ROOT.parent / "shared").resolve()  # read-only data beside the checkout: never write caches there
 
 
 def img2label_paths(img_paths):
@@ -191,11 +191,12 @@ def fallback_cache_dir(kind, original_folder):
 
 
 def writable(folder):
-    """True for an existing folder we may write into (never ../shared, even as root)."""
+    """True for an existing folder we may write into: never ../shared, and never a folder without
+    write bits (root passes os.access everywhere, so the bits are checked too)."""
     folder = Path(folder).resolve()
     if folder == SHARED_DIR or SHARED_DIR in folder.parents:
         return False
-    return folder.is_dir() and os.access(folder, os.W_OK)
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def save_cache(path, records, hash_):
