@@ -31,3 +31,13 @@ def upstream_ckpt():
     if not UPSTREAM_CKPT.is_file():
         pytest.skip("../shared/fixtures/upstream_yolov5s_neu224.pt not present")
     return UPSTREAM_CKPT
+
+
+def import_torchvision_or_skip():
+    """torchvision, or skip: it may be absent, or installed against another torch and fail to load
+    (RuntimeError 'operator torchvision::nms does not exist'), which importorskip does not catch."""
+    try:
+        import torchvision
+    except Exception as e:  # noqa: BLE001 - any failure to load means: no torchvision here
+        pytest.skip(f"torchvision not importable ({type(e).__name__}: {e})")
+    return torchvision

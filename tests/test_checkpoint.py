@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import import_torchvision_or_skip
+
 from utils import checkpoint as ck
 from utils.checkpoint import (CheckpointError, load_checkpoint, load_model, make_checkpoint, save_checkpoint,
                               transfer_weights)
@@ -278,7 +280,7 @@ def test_transfer_logs_counts(tmp_path, caplog):
 
 
 def test_transfer_torchvision_mobilenet_backbone_by_order(tmp_path):
-    torchvision = pytest.importorskip("torchvision", reason="torchvision not importable")
+    torchvision = import_torchvision_or_skip()
     from models.yolo import DetectionModel
 
     torch.manual_seed(0)

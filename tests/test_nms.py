@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import import_torchvision_or_skip
+
 import utils.nms as nms_mod
 from utils.nms import nms_torch, non_max_suppression
 
@@ -75,7 +77,7 @@ def test_bad_threshold_message():
 
 @pytest.mark.parametrize("seed,thr", [(0, 0.45), (1, 0.6), (2, 0.3), (3, 0.7)])
 def test_fallback_matches_torchvision(seed, thr):
-    tv = pytest.importorskip("torchvision")
+    tv = import_torchvision_or_skip()
     boxes, scores = _random_boxes(1500, seed)
     ref = tv.ops.nms(boxes, scores, thr)
     got = nms_torch(boxes, scores, thr, block=256)  # several blocks
