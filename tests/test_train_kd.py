@@ -126,3 +126,57 @@ def test_missing_teacher_is_a_clear_error(tmp_path, tiny_data):
     with pytest.raises(SystemExit, match="nope.pt does not exist"):
         train_kd.main(opt)
     assert train_kd.parse_opt(["--no-kd"]).kd is False and train_kd.parse_opt([]).kd is True
+
+
+def _interrupt_after_first_epoch(monkeypatch):
+    def on_epoch_end(d, engine, epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after epoch 0")
+    monkeypatch.setattr(distiller_mod.Distiller, "on_epoch_end", on_epoch_end, raising=False)
+
+
+def _last(save):
+    return torch.load(save / "weights" / "last.pt", weights_only=True)
+
+
+def test_kd_resume_equals_uninterrupted_run(tmp_path, tiny_data, teacher_file, monkeypatch):
+    """Output-KD run: 2 epochs == 1 epoch, kill, --resume 1 epoch (student, EMA and KD options)."""
+    import train_kd
+    two = ["--epochs", "2", "--noval"]
+    full = run_kd(tiny_data, tmp_path, "full", teacher_file, two)
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(KeyboardInterrupt):
+            run_kd(tiny_data, tmp_path, "cut", teacher_file, two)
+    cut = tmp_path / "cut"
+    assert _last(cut)["epoch"] == 0 and _last(cut)["opt"]["teacher_weight"] == teacher_file
+    train_kd.main(train_kd.parse_opt(["--resume", str(cut / "weights" / "last.pt"), "--workers", "0",
+                                      "--device", "cpu"]))
+    a, b = _last(full), _last(cut)
+    assert b["epoch"] == 1
+    for key in ("model", "ema"):
+        sa = a[key]["state_dict"] if key == "model" else a[key]
+        sb = b[key]["state_dict"] if key == "model" else b[key]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), key
+
+
+def test_kd_resume_restores_adapters(tmp_path, tiny_data, teacher_file, monkeypatch):
+    """Adapters saved in last.pt are the ones the resumed run starts from (not fresh ones)."""
+    import train_kd
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(KeyboardInterrupt):
+            run_kd(tiny_data, tmp_path, "cut", teacher_file, ["--epochs", "2", "--noval", "--feat", "ft"])
+    saved = _last(tmp_path / "cut")["plugin"]["adapters"]
+    seen = {}
+    orig_step = distiller_mod.Distiller.step_loss
+
+    def step_loss(d, *args):  # the adapters as the first resumed step sees them
+        if not seen:
+            seen.update({k: v.detach().clone() for k, v in d.adapters.state_dict().items()})
+        return orig_step(d, *args)
+
+    monkeypatch.setattr(distiller_mod.Distiller, "step_loss", step_loss)
+    train_kd.main(train_kd.parse_opt(["--resume", str(tmp_path / "cut" / "weights" / "last.pt"), "--workers", "0",
+                                      "--device", "cpu"]))
+    assert saved and seen.keys() == saved.keys() and all(torch.equal(seen[k], saved[k]) for k in saved)
