@@ -21,8 +21,9 @@ if str(ROOT) not in sys.path:
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
 from utils.plots import Annotator, colors, save_one_box  # noqa: E402
-from val import Ensemble, Timer, select_device_safe  # noqa: E402
+from val import Ensemble, Timer  # noqa: E402
 
 
 class _VideoSink:
@@ -68,7 +69,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
-    device = select_device_safe(device)
+    device = select_device(device)
     weights = [weights] if isinstance(weights, (str, Path)) else list(weights)
     model = Ensemble(weights, device, half)
     stride, names, pt = model.stride, model.names, model.pt

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.engine import RANK, Trainer  # noqa: E402
-from utils.general import LOGGER, colorstr, increment_path, print_args  # noqa: E402
+from utils.general import LOGGER, increment_path, print_args  # noqa: E402
 
 DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
 

@@ -23,6 +23,7 @@ from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
 
 TABLE_FMT = "%22s" + "%11i" * 2 + "%11.3g" * 4
 TABLE_HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -44,18 +45,6 @@ class Timer:
         if self.cuda:
             torch.cuda.synchronize()
         self.t += time.perf_counter() - self.start
-
-
-def select_device_safe(device="", batch_size=0):
-    """utils.torch_utils.select_device when present, else a plain torch.device."""
-    try:
-        from utils.torch_utils import select_device
-    except ImportError:
-        d = str(device or "").strip().lower().replace("cuda:", "")
-        if d == "cpu" or (not d and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        return torch.device(f"cuda:{d.split(',')[0] if d else 0}")
-    return select_device(device, batch_size=batch_size)
 
 
 class Ensemble:
@@ -193,7 +182,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         forward = (lambda x, augment=False: model(x, augment=augment)) if augment else model
         save_dir = Path(save_dir)
     else:
-        device = select_device_safe(device, batch_size)
+        device = select_device(device, batch_size)
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         weights = [weights] if isinstance(weights, (str, Path)) else list(weights or [])

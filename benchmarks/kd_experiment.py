@@ -60,13 +60,19 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------- table
+def _fitness(map50, map5095):
+    """The engine's fitness (utils.metrics.fitness) of one mAP pair."""
+    from utils.metrics import fitness
+    return float(fitness([0.0, 0.0, map50, map5095]))
+
+
 def best_row(results_csv):
     """(mAP50, mAP50-95, epoch) of the best-fitness row (0.1 mAP50 + 0.9 mAP50-95) = best.pt."""
     with open(results_csv) as f:
         rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
     if not rows:
         raise RuntimeError(f"{results_csv} has no rows")
-    fit = lambda r: 0.1 * float(r["metrics/mAP_0.5"]) + 0.9 * float(r["metrics/mAP_0.5:0.95"])  # noqa: E731
+    fit = lambda r: _fitness(float(r["metrics/mAP_0.5"]), float(r["metrics/mAP_0.5:0.95"]))  # noqa: E731
     r = max(rows, key=fit)
     return float(r["metrics/mAP_0.5"]), float(r["metrics/mAP_0.5:0.95"]), int(float(r["epoch"]))
 
@@ -96,7 +102,7 @@ def run_one(name, script, extra, a, runs_dir):
 def combo_flags(results):
     """Output KD + the feature loss(es) of the best feature-only run so far (default fgfi)."""
     feats = [r for r in results if r["ok"] and r["run"] in FEATURE_RUNS]
-    best = max(feats, key=lambda r: 0.1 * r["mAP50"] + 0.9 * r["mAP50-95"])["run"] if feats else "fgfi"
+    best = max(feats, key=lambda r: _fitness(r["mAP50"], r["mAP50-95"]))["run"] if feats else "fgfi"
     return ["--feat"] + FEATURE_RUNS[best]
 
 

@@ -1,10 +1,7 @@
 """ComputeLoss (target assignment, terms, gradients) and AutoAnchor on hand-built cases."""
 
-import math
-from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 import torch.nn as nn
 

@@ -3,23 +3,11 @@
 import numpy as np
 import torch
 
+from models.yolo import check_anchor_order
 from utils.general import LOGGER, colorstr
+from utils.torch_utils import de_parallel
 
 PREFIX = colorstr("AutoAnchor: ")
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def check_anchor_order(det):
-    """Flip the anchors of a Detect layer if their size order disagrees with the stride order."""
-    a = det.anchors.prod(-1).mean(-1).view(-1)
-    da = a[-1] - a[0]
-    ds = det.stride[-1] - det.stride[0]
-    if da and (da.sign() != ds.sign()):
-        LOGGER.info(f"{PREFIX}Reversing anchor order")
-        det.anchors[:] = det.anchors.flip(0)
 
 
 def _label_wh(dataset, img_size, rng=None):
@@ -51,7 +39,7 @@ def anchor_metrics(anchors, wh, thr=4.0):
 
 def check_anchors(dataset, model, thr=4.0, imgsz=640):
     """Check the anchors against the dataset labels; replace them (in grid units) when k-means does better."""
-    det = _unwrap(model).model[-1]
+    det = de_parallel(model).model[-1]
     wh = torch.tensor(_label_wh(dataset, imgsz, np.random.default_rng(0)), dtype=torch.float32)
     if len(wh) == 0:
         LOGGER.info(f"{PREFIX}no labels, skipping the anchor check")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from utils.general import LOGGER
+from utils.general import LOGGER, names_dict
+from utils.torch_utils import de_parallel
 from utils.upstream import FORMAT, UpstreamCheckpointError, is_upstream_pickle, load_upstream, to_plain
 
 
@@ -42,34 +43,21 @@ def save_checkpoint(ckpt, path):
     return path
 
 
-def _unwrap(model):
-    """The bare model inside DataParallel / DistributedDataParallel."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
-
-
-def _names_dict(names, nc=0):
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    if isinstance(names, (list, tuple)):
-        return {i: str(v) for i, v in enumerate(names)}
-    return {i: str(i) for i in range(int(nc or 0))}
-
-
 def _state_dict(module, half=False):
     return OrderedDict(
         (k, (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone())
-        for k, v in _unwrap(module).state_dict().items()
+        for k, v in de_parallel(module).state_dict().items()
     )
 
 
 def model_to_checkpoint_dict(model, half=False):
     """``ckpt['model']`` entry for a DetectionModel: yaml, state_dict (float16 if half), names, nc, stride."""
-    model = _unwrap(model)
+    model = de_parallel(model)
     nc = int(getattr(model, "nc", model.yaml.get("nc", 0)))
     stride = getattr(model, "stride", None)
     stride = [float(s) for s in torch.as_tensor(stride).flatten().tolist()] if stride is not None else None
     return {"yaml": to_plain(copy.deepcopy(model.yaml)), "state_dict": _state_dict(model, half),
-            "names": _names_dict(getattr(model, "names", None), nc), "nc": nc, "stride": stride}
+            "names": names_dict(getattr(model, "names", None), nc), "nc": nc, "stride": stride}
 
 
 def make_checkpoint(model, ema=None, updates=None, optimizer=None, epoch=-1, best_fitness=None, opt=None,
@@ -176,7 +164,7 @@ def load_model(path, device="cpu", fuse=False, cfg=None):
             raise CheckpointError(f"{path}: a plain state_dict holds no architecture; give cfg= (a model YAML)")
         model, state, names = _build_model(cfg), obj, None
     _load_strict(model, state, path)
-    model.names = _names_dict(names, getattr(model, "nc", 0)) if names else _names_dict(None, model.nc)
+    model.names = names_dict(names, getattr(model, "nc", 0)) if names else names_dict(None, model.nc)
     if kind == "checkpoint" and entry.get("stride"):
         expected = [float(s) for s in entry["stride"]]
         got = [float(s) for s in torch.as_tensor(model.stride).flatten().tolist()]
@@ -241,7 +229,7 @@ def transfer_weights(model, path_or_state, exclude=()):
     Detect output convs of a checkpoint with another class count never match (their shape differs);
     anchors are excluded when the source's YAML anchors differ from the model's. Returns (n, total).
     """
-    model_ = _unwrap(model)
+    model_ = de_parallel(model)
     src, src_yaml, label = _source_state(path_or_state)
     dst = model_.state_dict()
     exclude = list(exclude)

@@ -113,6 +113,15 @@ def intersect_dicts(da, db, exclude=()):
     return {k: v for k, v in da.items() if k in db and all(x not in k for x in exclude) and v.shape == db[k].shape}
 
 
+def names_dict(names, nc=0):
+    """Class names as {int: str} from a dict or a list; '0', '1', ... for nc classes when absent."""
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    return {i: str(i) for i in range(int(nc or 0))}
+
+
 def print_args(args, name=""):
     """Log an argparse namespace / dict on one line."""
     d = vars(args) if not isinstance(args, dict) else args

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from utils.boxes import bbox_iou
+from utils.torch_utils import de_parallel
 
 # neighbour-cell offsets: own cell, left, up, right, down (multiplied by the 0.5 bias)
 _OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
@@ -36,16 +37,11 @@ class FocalLoss(nn.Module):
         return loss.sum() if self.reduction == "sum" else loss
 
 
-def _unwrap(model):
-    """The bare model behind a DataParallel/DDP wrapper."""
-    return model.module if hasattr(model, "module") else model
-
-
 class ComputeLoss:
     """Callable loss: (preds, targets) -> (total * batch_size (1,), detached (lbox, lobj, lcls))."""
 
     def __init__(self, model, autobalance=False):
-        model = _unwrap(model)
+        model = de_parallel(model)
         device = next(model.parameters()).device
         h = model.hyp
         self.hyp = h

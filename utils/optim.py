@@ -8,12 +8,9 @@ import torch
 import torch.nn as nn
 
 from utils.general import LOGGER, colorstr
+from utils.torch_utils import de_parallel
 
 NORM_TYPES = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def split_param_groups(modules):
@@ -41,7 +38,7 @@ def smart_optimizer(model, name="SGD", lr=0.001, momentum=0.9, decay=1e-5, extra
     Parameters of extra_modules (e.g. distillation adapters) join the same groups.
     Group 0 is the biases so that warmup's bias lr and results.csv's x/lr0 refer to it, as upstream.
     """
-    biases, weights, norm_weights = split_param_groups([_unwrap(model), *extra_modules])
+    biases, weights, norm_weights = split_param_groups([de_parallel(model), *extra_modules])
     if name == "SGD":
         optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
     elif name == "Adam":
@@ -95,7 +92,7 @@ class ModelEMA:
     """
 
     def __init__(self, model, decay=0.9999, tau=2000, updates=0):
-        self.ema = deepcopy(_unwrap(model)).eval()
+        self.ema = deepcopy(de_parallel(model)).eval()
         self.updates = updates
         self.base_decay, self.tau = decay, tau
         for p in self.ema.parameters():
@@ -108,7 +105,7 @@ class ModelEMA:
     def update(self, model):
         self.updates += 1
         d = self.decay(self.updates)
-        msd = _unwrap(model).state_dict()
+        msd = de_parallel(model).state_dict()
         ema_t, model_t = [], []
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
@@ -121,7 +118,7 @@ class ModelEMA:
     def update_attr(self, model, include=("yaml", "nc", "hyp", "names", "stride", "class_weights"),
                     exclude=("process_group", "reducer", "training")):
         """Copy plain attributes (names, hyp, nc, ...) from the model to the EMA."""
-        for k, v in _unwrap(model).__dict__.items():
+        for k, v in de_parallel(model).__dict__.items():
             if (include and k not in include) or k.startswith("_") or k in exclude:
                 continue
             setattr(self.ema, k, v)

@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 
+from utils.general import names_dict
+
 FORMAT = "yolov5-kd/1"
 
 
@@ -286,14 +288,6 @@ def to_plain(x):
     return str(x)
 
 
-def _names_dict(names, nc):
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    if isinstance(names, (list, tuple)):
-        return {i: str(v) for i, v in enumerate(names)}
-    return {i: str(i) for i in range(int(nc or 0))}
-
-
 def convert_model(module, file="checkpoint"):
     """Pickled upstream DetectionModel stand-in -> our ``ckpt['model']`` dict (yaml, state_dict, names, nc, stride)."""
     if not isinstance(module, ModuleStandIn) or not module.upstream_name.startswith("models.yolo."):
@@ -309,7 +303,7 @@ def convert_model(module, file="checkpoint"):
     stride = module.get("stride")
     stride = [float(s) for s in stride.flatten().tolist()] if isinstance(stride, torch.Tensor) else to_plain(stride)
     state = OrderedDict((k, v.detach().clone()) for k, v in standin_state_dict(module).items())
-    return {"yaml": yaml_dict, "state_dict": state, "names": _names_dict(to_plain(module.get("names")), nc),
+    return {"yaml": yaml_dict, "state_dict": state, "names": names_dict(to_plain(module.get("names")), nc),
             "nc": nc, "stride": stride}
 
 

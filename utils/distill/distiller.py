@@ -1,10 +1,10 @@
 """Distiller: the knowledge-distillation plug-in of the training engine (SPEC.md section 4)."""
 
 import torch
-import torch.nn as nn
 
 from utils.engine import Plugin
 from utils.general import LOGGER, colorstr
+from utils.torch_utils import de_parallel
 
 from . import losses as L
 from .adapters import AdapterSet
@@ -16,10 +16,6 @@ FEATURES = ("at", "wat", "ft", "fgfi", "cwd")
 ADAPTED = ("ft", "fgfi", "cwd")  # features compared after a student->teacher adapter
 NECK_ONLY = ("ft", "fgfi", "cwd")  # default: the neck layers feeding Detect
 KD_HYP_DEFAULTS = {"giou": 0.05, "kd": 1.0}
-
-
-def _core(model):
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
 def parse_feats(feat):
@@ -74,7 +70,7 @@ class Distiller(Plugin):
 
         opt = self.opt
         self.engine = engine
-        student = _core(engine.model)
+        student = de_parallel(engine.model)
         self.student = student
         device = next(student.parameters()).device
         self.teacher_file = str(opt.teacher_weight)

@@ -6,20 +6,17 @@ teacher with extra SE/CA layers (shifted indices) pairs with a plain student aut
 """
 
 import torch
-import torch.nn as nn
+
+from utils.torch_utils import de_parallel
 
 from .taps import FeatureTaps, _layers
 
 DRY_SIZE = 256
 
 
-def _core(model):
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
 def _backbone_len(model):
     """Number of backbone layers: from layer_roles() when present, else from the YAML."""
-    core = _core(model)
+    core = de_parallel(model)
     if hasattr(core, "layer_roles"):
         return sum(1 for r in core.layer_roles() if r.get("section") == "backbone")
     return len(core.yaml["backbone"])
@@ -29,7 +26,7 @@ def _backbone_len(model):
 def measure_layers(model, size=DRY_SIZE):
     """Dry forward of a zero image: {layer index: (stride, channels)} for 4-D outputs."""
     layers = _layers(model)
-    core = _core(model)
+    core = de_parallel(model)
     p = next(core.parameters())
     was_training = core.training
     core.eval()

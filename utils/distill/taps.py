@@ -1,11 +1,11 @@
 """Scoped forward hooks that record layer outputs (registered once, always removed)."""
 
-import torch.nn as nn
+from utils.torch_utils import de_parallel
 
 
 def _layers(model):
     """The indexable layer list of a DetectionModel (also through DDP / DataParallel)."""
-    m = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    m = de_parallel(model)
     if not hasattr(m, "model"):
         raise TypeError(f"{type(m).__name__} has no 'model' layer list to tap")
     return m.model
