@@ -55,7 +55,7 @@ def _common_args(opt, project, name, epochs, cfg):
 
 def _train(module, args):
     """Run train.py / train_kd.py in-process; returns (best.pt path, wall seconds)."""
-    run_opt = module.parse_opt(args=args) if module is train else module.parse_opt(args)
+    run_opt = module.build_parser().parse_args(args)
     t0 = time.time()
     module.main(run_opt)
     best = Path(run_opt.save_dir) / "weights" / "best.pt"
