@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="", help="'' auto, cpu, 0 ...")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--beta", type=float, default=None, help="feature loss weight (default: train_kd's)")
+    p.add_argument("--beta", nargs="+", default=None, help="feature loss weights, as train_kd.py --beta "
+                   "(default: train_kd's per-loss defaults)")
     p.add_argument("--combo-feat", nargs="+", default=None, help="feature losses of 'combo' (default: best of this table)")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="subset of runs")
     p.add_argument("--train-args", default="", help="extra flags for every run, e.g. \"--bf16\"")
@@ -85,7 +86,7 @@ def run_one(name, script, extra, a, runs_dir):
         cmd += ["--device", a.device]
     cmd += a.train_args.split()
     if script == "train_kd.py":
-        cmd += ["--teacher_weight", a.teacher] + extra + (["--beta", str(a.beta)] if a.beta is not None else [])
+        cmd += ["--teacher_weight", a.teacher] + extra + (["--beta"] + a.beta if a.beta else [])
     print(f"[kd_experiment] {name}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT)
@@ -108,11 +109,10 @@ def combo_flags(results):
 
 def write_reports(results, a, out):
     out.mkdir(parents=True, exist_ok=True)
-    meta = {k: getattr(a, k) for k in ("teacher", "student_cfg", "data", "hyp", "epochs", "img", "batch", "seed",
-                                        "device")}
-    (out / "kd_results.json").write_text(json.dumps({"settings": meta, "results": results}, indent=2))
+    results.sort(key=lambda r: list(RUNS).index(r["run"]) if r["run"] in RUNS else len(RUNS))
+    (out / "kd_results.json").write_text(json.dumps({"settings": _settings(a), "results": results}, indent=2))
     lines = [f"KD on {a.data}: teacher {Path(a.teacher).name}, student {a.student_cfg}, img {a.img}, "
-             f"{a.epochs} epochs, batch {a.batch}, seed {a.seed}", "",
+             f"{a.epochs} epochs, batch {a.batch}, seed {a.seed} {a.train_args}".rstrip(), "",
              "| run | mAP50 | mAP50-95 | wall time (min) |", "|---|---|---|---|"]
     for r in results:
         if r["ok"]:
@@ -140,10 +140,32 @@ def write_reports(results, a, out):
             print("[kd_experiment] matplotlib absent: no bar chart")
 
 
+def _settings(a):
+    return {k: getattr(a, k) for k in ("teacher", "student_cfg", "data", "hyp", "epochs", "img", "batch", "seed",
+                                       "device", "train_args")}
+
+
+def earlier_results(a, out):
+    """Rows of an earlier invocation with the same settings (so a table can be filled in stages);
+    rows this invocation re-runs are replaced."""
+    f = out / "kd_results.json"
+    if not f.exists():
+        return []
+    try:
+        old = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        print(f"[kd_experiment] ignoring unreadable {f}: {e}", flush=True)
+        return []
+    if old.get("settings") != _settings(a):
+        print(f"[kd_experiment] {f} has other settings: starting a new table", flush=True)
+        return []
+    return [r for r in old.get("results", []) if r.get("run") not in a.runs]
+
+
 def table(a):
     out = Path(a.out)
     runs_dir = out / "runs"
-    results = []
+    results = earlier_results(a, out)
     for name in [n for n in RUNS if n in a.runs]:
         script, extra = RUNS[name]
         if extra is None:
@@ -162,7 +184,7 @@ def overhead(a):
     from utils.checkpoint import load_model
     from utils.distill.distiller import Distiller
     from utils.general import yaml_load
-    from utils.loss import ComputeLoss
+    from utils.loss import ComputeLoss, scale_loss_gains
     from utils.torch_utils import select_device
 
     device = select_device(a.device)
@@ -171,11 +193,7 @@ def overhead(a):
     torch.manual_seed(a.seed)
     student = DetectionModel(str(ROOT / a.student_cfg), nc=int(teacher.nc)).to(device).train()
     student.names = dict(teacher.names)
-    hyp = yaml_load(ROOT / a.hyp)
-    nl = student.model[-1].nl
-    hyp["box"] *= 3 / nl
-    hyp["cls"] *= teacher.nc / 80 * 3 / nl
-    hyp["obj"] *= (a.img / 640) ** 2 * 3 / nl
+    hyp = scale_loss_gains(yaml_load(ROOT / a.hyp), student.model[-1].nl, int(teacher.nc), a.img)
     student.hyp = hyp
     compute_loss = ComputeLoss(student)
     imgs = torch.rand(a.batch, 3, a.img, a.img, device=device)
@@ -226,9 +244,11 @@ def overhead(a):
     for label, feats in (("kd_output", []), ("kd_output+fgfi", ["fgfi"]), ("kd_output+at", ["at"]),
                          ("kd_output+cwd", ["cwd"])):
         opt = SimpleNamespace(teacher_weight=a.teacher, kd=True, kd_loss_selected="l2", temperature=1.0, alpha=1.0,
-                              beta=1.0, feat=feats, ratio=0.25, kd_layers=None, cfg=a.student_cfg, weights="")
+                              beta=None, feat=feats, ratio=0.25, kd_layers=None, cfg=a.student_cfg, weights="")
         d = Distiller(opt)
-        d.setup(SimpleNamespace(model=student, hyp=hyp, amp=amp))
+        engine = SimpleNamespace(model=student, hyp=hyp, amp=amp)
+        d.setup(engine)
+        d.on_train_start(engine)
         try:
             res[f"{label}_step_s"] = timed(make_step(d))
         finally:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils.distill.distiller import Distiller, parse_feats
+from utils.distill.distiller import DEFAULT_BETAS, Distiller, parse_betas, parse_feats
 from utils.distill.pairing import pair_layers, parse_kd_layers, role_layers
 from utils.distill.taps import FeatureTaps, hook_count
 from utils.general import ROOT, yaml_load
@@ -41,7 +41,9 @@ def make_opt(teacher_file, **kw):
 
 def make_distiller(tmp_path, student, teacher, **kw):
     d = Distiller(make_opt(save_ours(teacher, tmp_path / "teacher.pt"), **kw))
-    d.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+    engine = SimpleNamespace(model=student, hyp=student.hyp, amp=False)
+    d.setup(engine)
+    d.on_train_start(engine)
     return d
 
 
@@ -100,6 +102,31 @@ def test_parse_feats():
         parse_feats(["sim"])
 
 
+def test_parse_betas():
+    assert parse_betas([], ("at", "fgfi", "cwd")) == {k: DEFAULT_BETAS[k] for k in ("at", "fgfi", "cwd")}
+    assert parse_betas(["0.5"], ("at", "fgfi")) == {"at": 0.5, "fgfi": 0.5}
+    assert parse_betas(["at=2", "0.1"], ("at", "cwd")) == {"at": 2.0, "cwd": 0.1}  # a number sets the rest
+    assert parse_betas("fgfi=1e-2,at=3", ("fgfi",)) == {"fgfi": 0.01}  # at named but not selected: warning
+    assert parse_betas(1.0, ("cwd",)) == {"cwd": 1.0} and parse_betas(None, ("ft",)) == {"ft": DEFAULT_BETAS["ft"]}
+    for bad in (["sim=1"], ["x"], ["at=big"]):
+        with pytest.raises(ValueError, match="--beta"):
+            parse_betas(bad, ("at",))
+
+
+def test_step_loss_weights_each_term(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).eval()
+    d = make_distiller(tmp_path, student, teacher, feat=["at", "ft"], alpha=3.0, beta=["at=2", "0.5"])
+    imgs, targets = batch()
+    _, raw = student(imgs)
+    terms = d.loss_terms(imgs, targets, raw)
+    assert set(terms) == {"kd", "at", "ft"} and all(v.item() > 0 for v in terms.values())
+    loss, items = _eval_step(d, student, imgs, targets)  # eval mode: the same forward again
+    expected = 3 * terms["kd"] + 2 * terms["at"] + 0.5 * terms["ft"]
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(items["at"], 2 * terms["at"] / 2, rtol=1e-5)  # per image, batch of 2
+    d.teardown()
+
+
 # ------------------------------------------------------------------ distiller
 @pytest.mark.parametrize("kd_type", ["l2", "kl", "bce"])
 def test_every_term_zero_for_identical_student(tmp_path, kd_type):
@@ -107,8 +134,7 @@ def test_every_term_zero_for_identical_student(tmp_path, kd_type):
     student = copy.deepcopy(teacher).eval()  # eval: BN uses the same statistics as the teacher
     d = make_distiller(tmp_path, student, teacher, kd_loss_selected=kd_type, feat=["at", "wat"])
     imgs, targets = batch()
-    for _ in range(2):  # feature terms start at step 2
-        loss, items = _eval_step(d, student, imgs, targets)
+    loss, items = _eval_step(d, student, imgs, targets)
     assert set(items) == {"kd", "at", "wat"}
     assert loss.abs().item() < 1e-6 and all(v.abs().item() < 1e-6 for v in items.values())
     d.teardown()
@@ -124,7 +150,6 @@ def test_terms_positive_with_grad_and_adapters_learn(tmp_path):
     d = make_distiller(tmp_path, student, teacher, feat=["at", "wat", "ft", "fgfi", "cwd"])
     assert d.trainable_modules() and set(d.adapters.keys()) == {"s17", "s20", "s23"}
     imgs, targets = batch()
-    kd_step(d, student, imgs, targets)  # step 1: kd only
     loss, items = kd_step(d, student, imgs, targets)
     assert all(v.item() > 0 for v in items.values()), items
     loss.backward()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from utils.autoanchor import check_anchors
 from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
-from utils.loss import ComputeLoss
+from utils.loss import ComputeLoss, scale_loss_gains
 from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
@@ -42,6 +42,9 @@ class Plugin:
     def trainable_modules(self):
         """Extra nn.Modules to optimise (same 3 parameter groups) and checkpoint; not in the EMA."""
         return []
+
+    def on_train_start(self, engine):
+        """Optimiser, EMA and DDP wrapper exist; called once before the first step."""
 
     def step_loss(self, imgs, targets, preds):
         """Called in the autocast region after the student forward -> (loss (1,), {name: tensor})."""
@@ -247,10 +250,7 @@ class Trainer:
 
     def _scale_hyp(self):
         hyp, opt = self.hyp, self.opt
-        nl = self.model.model[-1].nl
-        hyp["box"] *= 3 / nl
-        hyp["cls"] *= self.nc / 80 * 3 / nl
-        hyp["obj"] *= (self.imgsz / 640) ** 2 * 3 / nl
+        scale_loss_gains(hyp, self.model.model[-1].nl, self.nc, self.imgsz)
         hyp["label_smoothing"] = opt.label_smoothing
         self.accumulate = max(round(NBS / self.batch_size), 1)
         hyp["weight_decay"] *= self.batch_size * self.accumulate / NBS
@@ -325,6 +325,7 @@ class Trainer:
         self.plugin.setup(self)
         self._build_optim()
         self._wrap_ddp()
+        self.plugin.on_train_start(self)
         self.tb = self._tensorboard()
         results = self._train_loop()
         if self.main:

@@ -11,6 +11,15 @@ _OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.
 _BIAS = 0.5
 
 
+def scale_loss_gains(hyp, nl, nc, imgsz):
+    """Upstream's scaling of the box/cls/obj gains (given for 3 levels, 80 classes, 640 px) to a
+    model with nl levels, nc classes at imgsz. In place; returns hyp."""
+    hyp["box"] *= 3 / nl
+    hyp["cls"] *= nc / 80 * 3 / nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
+    return hyp
+
+
 def smooth_bce(eps=0.0):
     """Label-smoothed BCE targets: (positive, negative) = (1 - eps/2, eps/2)."""
     return 1.0 - 0.5 * eps, 0.5 * eps

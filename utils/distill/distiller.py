@@ -16,6 +16,11 @@ FEATURES = ("at", "wat", "ft", "fgfi", "cwd")
 ADAPTED = ("ft", "fgfi", "cwd")  # features compared after a student->teacher adapter
 NECK_ONLY = ("ft", "fgfi", "cwd")  # default: the neck layers feeding Detect
 KD_HYP_DEFAULTS = {"giou": 0.05, "kd": 1.0}
+# Default --beta per feature loss. On NEU-DET (fixture teacher, fresh yolov5n, img 224, batch 16) the
+# student-gradient norm of each term at beta 1 is: at 9.3, wat 4.2, ft 0.7, fgfi 950, cwd 930, against
+# 12-16 for the detection loss (benchmarks/kd_grad_balance.py). FGFI and CWD compare raw feature values,
+# so at beta 1 they swamp detection (and the gradient clip of 10); 1e-3 puts them near 1/10 of it.
+DEFAULT_BETAS = {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 1e-3, "cwd": 1e-3}
 
 
 def parse_feats(feat):
@@ -29,6 +34,31 @@ def parse_feats(feat):
     if bad:
         raise ValueError(f"--feat: unknown feature loss {bad}; choose from {FEATURES} or none")
     return tuple(dict.fromkeys(names))
+
+
+def parse_betas(beta, feats):
+    """--beta value(s) -> {feature loss: weight}. A bare number sets every loss not named;
+    'name=value' items (e.g. 'at=1 fgfi=0.001') set one loss each; the rest take DEFAULT_BETAS."""
+    items = beta if isinstance(beta, (list, tuple)) else [beta]
+    items = [t for item in items if item is not None for t in str(item).replace(",", " ").split()]
+    default, named = None, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if sep:
+                key = key.strip().lower()
+                if key not in FEATURES:
+                    raise ValueError
+                named[key] = float(value)
+            else:
+                default = float(item)
+        except ValueError:
+            raise ValueError(f"--beta: cannot read {item!r}; give a number or name=number with a name "
+                             f"from {FEATURES}") from None
+    unused = sorted(set(named) - set(feats))
+    if unused:
+        LOGGER.warning(f"--beta: {unused} set but not selected with --feat {list(feats) or ['none']}")
+    return {name: named.get(name, DEFAULT_BETAS[name] if default is None else default) for name in feats}
 
 
 def _teacher_raw(out):
@@ -53,16 +83,15 @@ class Distiller(Plugin):
             raise ValueError(f"--kd_loss_selected must be one of {L.KD_CLS_TYPES}, got {self.kd_type!r}")
         self.temperature = float(getattr(opt, "temperature", 1.0))
         self.alpha = float(getattr(opt, "alpha", 1.0))
-        self.beta = float(getattr(opt, "beta", 1.0))
         self.ratio = float(getattr(opt, "ratio", 0.25))
         self.feats = parse_feats(getattr(opt, "feat", None))
+        self.betas = parse_betas(getattr(opt, "beta", 1.0), self.feats)
         self.kd_layers = getattr(opt, "kd_layers", None) or None
         self.loss_names = (("kd",) if self.kd_on else ()) + self.feats
         self.teacher = self.adapters = None
         self.t_taps = self.s_taps = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
-        self._checked = False
 
     # ------------------------------------------------------------------ setup
     def setup(self, engine):
@@ -93,7 +122,7 @@ class Distiller(Plugin):
         if amp:
             teacher.half()  # same precision as the autocast student forward; BN stays frozen (eval)
         LOGGER.info(f"{colorstr('distill:')} teacher {self.teacher_file} -> student {self.student_file}; "
-                    f"kd={'off' if not self.kd_on else self.kd_type} alpha={self.alpha} beta={self.beta} "
+                    f"kd={'off' if not self.kd_on else self.kd_type} alpha={self.alpha} beta={self.betas or '-'} "
                     f"feat={','.join(self.feats) or 'none'} pairs={ {k: [(t, s) for t, s, *_ in v] for k, v in self.pairs.items()} }")
 
     def _build_pairs(self):
@@ -146,44 +175,55 @@ class Distiller(Plugin):
             hyp.setdefault(k, v)
         self.hyp = hyp
 
+    def on_train_start(self, engine):
+        """Before step 1, after the engine copied the student (EMA) and wrapped it (DDP): check the
+        pair again and tap the student here, so that no copy carries the hooks and the feature terms
+        count from the first step (also the first step after a resume)."""
+        self.student = de_parallel(engine.model)
+        self.check_compatible()
+        self._read_hyp()
+        s_idx = sorted({s for p in self.pairs.values() for _, s, *_ in p})
+        if s_idx and self.s_taps is None:
+            self.s_taps = FeatureTaps(self.student, s_idx)
+
     def trainable_modules(self):
         return [self.adapters] if self.adapters is not None else []
 
     # ------------------------------------------------------------------ step
     def step_loss(self, imgs, targets, preds):
-        ready = self._checked
+        """alpha * L_kd + sum of beta_f * L_f, and the logged per-image items."""
+        bs = imgs.shape[0]
+        total = torch.zeros((), device=imgs.device)
+        items = {}
+        for name, value in self.loss_terms(imgs, targets, preds).items():
+            weighted = (self.alpha if name == "kd" else self.betas[name]) * value
+            total = total + weighted
+            items[name] = (weighted / bs).detach()
+        return total, items
+
+    def loss_terms(self, imgs, targets, preds):
+        """The unweighted terms of this step, batch-scaled like the detection loss (bs * mean):
+        {'kd': L_kd (when on), feature name: bs * L_f} with their graphs (before alpha/beta)."""
+        if self.s_taps is None and self.pairs:
+            raise RuntimeError("Distiller.on_train_start() must run before the first step (the engine calls it)")
         targets = targets.to(imgs.device)
-        if not self._checked:  # once, before step 1 (autoanchor may have run after setup)
-            self.check_compatible()
-            self._read_hyp()
-            s_idx = sorted({s for p in self.pairs.values() for _, s, *_ in p})
-            # student taps are registered here, once, so that copies of the model made during
-            # the engine's setup (EMA) carry no hooks; this step's student forward already
-            # ran, so the feature terms start at step 2 (re-running it would move BN statistics)
-            self.s_taps = FeatureTaps(self.student, s_idx) if s_idx else None
-            self._checked = True
         imgs_t = imgs.half() if next(self.teacher.parameters()).dtype == torch.float16 else imgs
         with torch.no_grad():
             t_raw = _teacher_raw(self.teacher(imgs_t))
         bs = imgs.shape[0]
-        dev = imgs.device
-        total = torch.zeros((), device=dev)
-        items = {}
+        terms = {}
         if self.kd_on:
-            l_kd, _ = L.output_kd_loss(list(preds), t_raw, self.hyp, self.nc, self.kd_type, self.temperature)
-            total = total + self.alpha * l_kd
-            items["kd"] = (self.alpha * l_kd / bs).detach()
+            terms["kd"], _ = L.output_kd_loss(list(preds), t_raw, self.hyp, self.nc, self.kd_type, self.temperature)
         for name in self.feats:
-            term = torch.zeros((), device=dev)
-            for t_i, s_i, stride, _, _ in (self.pairs[name] if ready else ()):
+            term = torch.zeros((), device=imgs.device)
+            for t_i, s_i, stride, _, _ in self.pairs[name]:
                 term = term + self._feature_term(name, t_i, s_i, stride, targets, bs)
-            total = total + self.beta * bs * term
-            items[name] = (self.beta * term).detach()
+            terms[name] = bs * term
         if self.t_taps:
             self.t_taps.clear()
         if self.s_taps:
             self.s_taps.clear()
-        return total, items
+        return terms
 
     def _feature_term(self, name, t_i, s_i, stride, targets, bs):
         f_t, f_s = self.t_taps[t_i].float(), self.s_taps[s_i]
