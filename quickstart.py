@@ -43,7 +43,7 @@ def parse_opt(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--project", default=str(ROOT / "runs/quickstart"), help="everything is written under here")
     p.add_argument("--fp32", action="store_true", help="train in float32 on CPU (default: bfloat16 autocast, ~1.6x faster)")
-    p.add_argument("--kd-args", default="", help="extra train_kd.py flags, e.g. \"--feat fgfi --beta 0.5\"")
+    p.add_argument("--kd-args", default="", help="extra train_kd.py flags, e.g. \"--feat at fgfi --beta fgfi=0.002\"")
     return p.parse_args(argv)
 
 
