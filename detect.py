@@ -184,7 +184,12 @@ def main(opt):
     return run(**vars(opt))
 
 
+def cli_main(opt):
+    print_args(opt, "detect")
+    return main(opt)
+
+
 if __name__ == "__main__":
-    options = parse_opt()
-    print_args(options, "detect")
-    main(options)
+    from utils.cli import run_cli
+
+    run_cli(cli_main, parse_opt, "detect.py")

@@ -148,7 +148,12 @@ def main(opt):
     return run(**vars(opt))
 
 
-if __name__ == "__main__":
-    opt = parse_opt()
+def cli_main(opt):
     print_args(opt, "export")
-    main(opt)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    from utils.cli import run_cli
+
+    run_cli(cli_main, parse_opt, "export.py")

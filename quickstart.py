@@ -116,4 +116,6 @@ def main(opt):
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+
+    run_cli(main, parse_opt, "quickstart.py")

@@ -132,4 +132,6 @@ def main(opt, plugin=None):
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+
+    run_cli(main, lambda argv: parse_opt(args=argv), "train.py")

@@ -392,7 +392,12 @@ def main(opt):
         raise ValueError(f"--task {opt.task} not in train, val, test, speed, study")
 
 
+def cli_main(opt):
+    print_args(opt, "val")
+    return main(opt)
+
+
 if __name__ == "__main__":
-    options = parse_opt()
-    print_args(options, "val")
-    main(options)
+    from utils.cli import run_cli
+
+    run_cli(cli_main, parse_opt, "val.py")

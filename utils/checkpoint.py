@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from utils.cli import UserError
 from utils.general import LOGGER, names_dict
 from utils.torch_utils import de_parallel
 from utils.upstream import FORMAT, UpstreamCheckpointError, is_upstream_pickle, load_upstream, to_plain
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A weights file that is missing, damaged or of the wrong kind (message names the file)."""
 
 

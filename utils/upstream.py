@@ -17,12 +17,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 
+from utils.cli import UserError
 from utils.general import names_dict
 
 FORMAT = "yolov5-kd/1"
 
 
-class UpstreamCheckpointError(ValueError):
+class UpstreamCheckpointError(UserError, ValueError):
     """An upstream checkpoint that cannot (or must not) be imported."""
 
 

@@ -1,0 +1,61 @@
+"""How entry points end: a user error (bad file, bad option, bad dataset) is one line on stderr and a
+non-zero exit, never a Python traceback. Set YOLOV5KD_TRACEBACK=1 (or pass --verbose-errors) to see it.
+
+Library code raises ``UserError`` (or one of its subclasses) for anything the user can fix; the
+classic ``FileNotFoundError`` / ``PermissionError`` / ``ValueError`` raised on bad input count too.
+Anything else is a bug and keeps its traceback.
+"""
+
+import os
+import sys
+
+import yaml
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+TRACEBACK_ENV = "YOLOV5KD_TRACEBACK"
+TRACEBACK_FLAG = "--verbose-errors"
+
+
+class UserError(Exception):
+    """A problem with the user's input (a file, an option, a dataset); the message names it."""
+
+
+class OptionError(UserError, ValueError):
+    """A command-line option or hyperparameter value that cannot work."""
+
+
+USER_ERRORS = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ValueError, yaml.YAMLError)
+
+
+def _show_traceback(argv):
+    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0") or TRACEBACK_FLAG in argv
+
+
+def error_message(e):
+    """One line for the user: the message (which names the file), else the exception's class name."""
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split("\n")[0].split()) if len(text) > 2000 else text
+
+
+def run_cli(main, parse_opt, prog, argv=None):
+    """parse_opt(argv) then main(opt); user errors end as ``prog: error: message`` with exit status 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _show_traceback(argv)
+    argv = [a for a in argv if a != TRACEBACK_FLAG]
+    try:
+        return main(parse_opt(argv))
+    except USER_ERRORS as e:
+        if verbose:
+            raise
+        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+        print(f"{prog}: (set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
