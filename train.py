@@ -7,8 +7,6 @@ Usage:
 """
 
 import argparse
-import glob
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ if str(ROOT) not in sys.path:
 
 from utils.engine import RANK, Trainer  # noqa: E402
 from utils.general import LOGGER, increment_path, print_args  # noqa: E402
+from utils.run_dirs import latest_run  # noqa: E402
 
 DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
 
@@ -69,20 +68,13 @@ def parse_opt(known=False, args=None):
     return parser.parse_known_args(args)[0] if known else parser.parse_args(args)
 
 
-def _latest_run(search_dir):
-    runs = glob.glob(f"{search_dir}/**/last*.pt", recursive=True)
-    if not runs:
-        raise FileNotFoundError(f"--resume: no last.pt found under {search_dir}; pass the checkpoint path")
-    return max(runs, key=os.path.getctime)
-
-
 def _resume_opt(opt):
     """Options of the run to resume (from its checkpoint); --epochs, --device, --workers may be changed."""
     import argparse as ap
 
     from utils.checkpoint import load_checkpoint
 
-    last = Path(opt.resume if isinstance(opt.resume, str) else _latest_run(opt.project))
+    last = Path(opt.resume if isinstance(opt.resume, str) else latest_run(opt.project))
     ckpt = load_checkpoint(last)
     if ckpt.get("optimizer") is None or int(ckpt.get("epoch", -1)) < 0:
         raise ValueError(f"{last}: not a resumable checkpoint (finished or stripped); use --weights instead")
