@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 
 from models import attention, common, mobilenet  # noqa: E402
 from models.common import YamlSpec  # noqa: E402
+from utils.cli import UserError  # noqa: E402
 from utils.general import LOGGER, ROOT, yaml_load  # noqa: E402
 from utils.torch_utils import fuse_conv_and_bn, fuse_sequential, initialize_weights, model_info, scale_img  # noqa: E402
 
@@ -30,6 +31,12 @@ except ImportError:  # pragma: no cover
 
 BLOCK_NAMESPACES = (common, attention, mobilenet)  # searched in order, then the registry, torch.nn, dotted paths
 BLOCK_REGISTRY = {}
+# Bounds for a model dict that came from a file someone else wrote (a weights file's stored YAML).
+UNTRUSTED_LIMITS = {"layers": 1000, "repeats": 1000, "multiple": 16.0, "int_arg": 100_000, "nc": 100_000}
+
+
+class ModelConfigError(UserError, ValueError):
+    """A model YAML (or a model dict stored in a weights file) that cannot be built; the message says where."""
 
 
 def register_block(cls):
@@ -94,14 +101,18 @@ class Detect(YamlSpec, nn.Module):
 class DetectionModel(nn.Module):
     """YOLOv5 detection model built from a YAML path or dict (see ARCHITECTURE.md for attributes)."""
 
-    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None):
+    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None, source=None, allow_imports=None):
+        """cfg: a model YAML path (the user's own file: its blocks may be dotted import paths) or a dict
+        (data, e.g. stored in a weights file: blocks resolve only among known nn.Module classes).
+        source names the dict's origin in errors; allow_imports overrides the path/dict default."""
         super().__init__()
         if isinstance(cfg, dict):
-            self.yaml, self.yaml_file, row_lines = deepcopy(cfg), "<dict>", None
+            self.yaml, self.yaml_file, row_lines = deepcopy(cfg), str(source or "<dict>"), None
         else:
             path = find_model_yaml(cfg)
             self.yaml, self.yaml_file, row_lines = yaml_load(path), path.name, yaml_row_lines(path)
-        check_model_dict(self.yaml, self.yaml_file)
+        allow_imports = not isinstance(cfg, dict) if allow_imports is None else bool(allow_imports)
+        check_model_dict(self.yaml, self.yaml_file, trusted=allow_imports)
         ch = self.yaml["ch"] = self.yaml.get("ch", ch)
         if nc and nc != self.yaml["nc"]:
             LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
@@ -109,7 +120,8 @@ class DetectionModel(nn.Module):
         if anchors:
             LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors)
-        self.model, self.save, self.rows = parse_model(deepcopy(self.yaml), ch, self.yaml_file, row_lines)
+        self.model, self.save, self.rows = parse_model(deepcopy(self.yaml), ch, self.yaml_file, row_lines,
+                                                       allow_imports=allow_imports)
         self.nc = self.yaml["nc"]
         self.names = {i: str(i) for i in range(self.nc)}
         self.inplace = self.yaml.get("inplace", True)
@@ -162,9 +174,9 @@ class DetectionModel(nn.Module):
     def _run_diagnosed(self, m, x):
         try:
             return m(x)
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
             shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
-            raise ValueError(f"{self.rows[m.i]}: forward failed for input shape(s) {shapes} "
+            raise ModelConfigError(f"{self.rows[m.i]}: forward failed for input shape(s) {shapes} "
                              f"(wrong channel count or `from` index?): {e}") from None
 
     def _profile_one_layer(self, m, x, dt):
@@ -297,37 +309,119 @@ def yaml_row_lines(path):
     return lines
 
 
-def check_model_dict(d, source):
-    """Clear errors for a model dict without the keys the parser needs."""
+def check_model_dict(d, source, trusted=True):
+    """Clear errors for a model dict without the keys the parser needs; bounds on an untrusted one."""
+    if not isinstance(d, dict):
+        raise ModelConfigError(f"{source}: a model YAML must be a mapping, got {type(d).__name__}")
     missing = [k for k in ("nc", "backbone", "head") if k not in d]
     if missing:
-        raise ValueError(f"{source}: model YAML lacks key(s) {missing}")
+        raise ModelConfigError(f"{source}: model YAML lacks key(s) {missing}")
     for section in ("backbone", "head"):
+        if not isinstance(d[section], (list, tuple)):
+            raise ModelConfigError(f"{source}: '{section}' must be a list of [from, number, module, args] rows")
         for k, row in enumerate(d[section]):
             if not (isinstance(row, (list, tuple)) and len(row) == 4):
-                raise ValueError(f"{source}: {section} row {k} must be [from, number, module, args], got {row!r}")
+                raise ModelConfigError(f"{source}: {section} row {k} must be [from, number, module, args], got {row!r}")
+            if not (isinstance(row[1], int) and not isinstance(row[1], bool) and isinstance(row[3], (list, tuple))):
+                raise ModelConfigError(f"{source}: {section} row {k}: number must be an int and args a list, got {row!r}")
+    if not trusted:
+        _check_untrusted_bounds(d, source)
 
 
-def resolve_block(name):
-    """Block class from its YAML name: models.common/attention/mobilenet, registry, torch.nn, or a dotted path."""
-    if not isinstance(name, str):
-        return name
+def _ints_in(x, depth=0):
+    """Every int inside nested lists/tuples (depth-limited)."""
+    if depth > 8:
+        raise ModelConfigError("nested deeper than 8 levels")
+    if isinstance(x, bool):
+        return []
+    if isinstance(x, int):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [i for v in x for i in _ints_in(v, depth + 1)]
+    return []
+
+
+def _check_untrusted_bounds(d, source):
+    """Sizes a stored model dict may not exceed (so a crafted file cannot make the parser allocate without end)."""
+    lim = UNTRUSTED_LIMITS
+    rows = list(d["backbone"]) + list(d["head"])
+    problems = []
+    if len(rows) > lim["layers"]:
+        problems.append(f"{len(rows)} layers (limit {lim['layers']})")
+    for key in ("depth_multiple", "width_multiple"):
+        v = d.get(key, 1.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= lim["multiple"]:
+            problems.append(f"{key}={v!r} (must be a number in (0, {lim['multiple']:g}])")
+    nc = d.get("nc")
+    if not isinstance(nc, int) or isinstance(nc, bool) or not 0 < nc <= lim["nc"]:
+        problems.append(f"nc={nc!r} (must be an int in 1..{lim['nc']})")
+    try:
+        for k, (_, n, _, args) in enumerate(rows):
+            if not 0 < n <= lim["repeats"]:
+                problems.append(f"layer {k}: number={n} (limit 1..{lim['repeats']})")
+            big = [i for i in _ints_in(args) if abs(i) > lim["int_arg"]]
+            if big:
+                problems.append(f"layer {k}: argument {big[0]} (limit {lim['int_arg']})")
+        big = [i for i in _ints_in(d.get("anchors") or []) if abs(i) > lim["int_arg"]]
+        if big:
+            problems.append(f"anchors: {big[0]} (limit {lim['int_arg']})")
+    except ModelConfigError as e:
+        problems.append(str(e))
+    ch = d.get("ch", 3)
+    if not isinstance(ch, int) or isinstance(ch, bool) or not 0 < ch <= 64:
+        problems.append(f"ch={ch!r} (must be an int in 1..64)")
+    if problems:
+        raise ModelConfigError(f"{source}: stored model YAML is out of bounds: {'; '.join(problems[:5])}")
+
+
+def _is_block_class(obj):
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
+
+
+def _known_block(name):
+    """A block class by plain name: project namespaces, @register_block, torch.nn; None if unknown."""
     for ns in BLOCK_NAMESPACES:
-        if isinstance(getattr(ns, name, None), type):
+        if _is_block_class(getattr(ns, name, None)):
             return getattr(ns, name)
     if name in BLOCK_REGISTRY:
         return BLOCK_REGISTRY[name]
-    short = name[3:] if name.startswith("nn.") else name
-    if isinstance(getattr(nn, short, None), type):
-        return getattr(nn, short)
-    if "." in name:
-        mod, _, cls = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):
-            pass
-    raise KeyError(f"unknown module {name!r} (searched models.common, models.attention, models.mobilenet, "
-                   "@register_block classes, torch.nn and dotted import paths)")
+    return getattr(nn, name) if _is_block_class(getattr(nn, name, None)) else None
+
+
+_CANONICAL_PREFIXES = ("nn.", "torch.nn.", "models.common.", "models.attention.", "models.mobilenet.", "models.yolo.")
+
+
+def resolve_block(name, allow_imports=False):
+    """Block class from its YAML name; only ``nn.Module`` subclasses, never a function or another class.
+
+    Known names (project blocks, ``@register_block`` classes, ``torch.nn``, also spelled ``nn.X`` or
+    ``models.common.X``) always resolve. Any other dotted path is imported only when allow_imports is
+    True, i.e. for the user's own --cfg file: a YAML stored in a weights file never imports anything.
+    Raises KeyError with the reason.
+    """
+    if _is_block_class(name):
+        return name
+    if not isinstance(name, str) or not name:
+        raise KeyError(f"module name must be a non-empty string, got {name!r}")
+    short = next((name[len(p):] for p in _CANONICAL_PREFIXES if name.startswith(p)), name)
+    cls = _known_block(short) if "." not in short else None
+    if cls is not None:
+        return cls
+    searched = "models.common, models.attention, models.mobilenet, @register_block classes and torch.nn"
+    if "." not in name:
+        raise KeyError(f"unknown module {name!r} (searched {searched})")
+    if not allow_imports:
+        raise KeyError(f"module {name!r} is not a known block, and a model YAML stored in a weights file "
+                       f"never imports anything (searched {searched})")
+    mod, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise KeyError(f"cannot import module {name!r}: {e}") from None
+    if not _is_block_class(cls):
+        raise KeyError(f"{name!r} is a {type(cls).__name__}, not an nn.Module class: model YAMLs may only "
+                       f"name nn.Module classes")
+    return cls
 
 
 def _yaml_build(cls, c_in, args, n, width):
@@ -337,8 +431,11 @@ def _yaml_build(cls, c_in, args, n, width):
     return list(args), n, c_in[0]
 
 
-def parse_model(d, ch, source="<dict>", row_lines=None):
-    """Model dict -> (nn.Sequential of layers, sorted save list, per-layer row descriptions)."""
+def parse_model(d, ch, source="<dict>", row_lines=None, allow_imports=False):
+    """Model dict -> (nn.Sequential of layers, sorted save list, per-layer row descriptions).
+
+    allow_imports: resolve dotted module paths by importing them (only for the user's own --cfg file).
+    """
     nc, gd, gw = d["nc"], d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     anchors = d.get("anchors")
     names = {"nc": nc, "anchors": anchors, "None": None}
@@ -353,19 +450,20 @@ def parse_model(d, ch, source="<dict>", row_lines=None):
         c_in = []
         for x in froms:
             if not isinstance(x, int) or not (-i <= x < i or (x == -1 and i == 0)):
-                raise ValueError(f"{where}: `from` index {x!r} does not name an earlier layer (valid: -{i}..{i - 1})")
+                raise ModelConfigError(f"{where}: `from` index {x!r} does not name an earlier layer "
+                                       f"(valid: -{i}..{i - 1})")
             c_in.append(ch if i == 0 else chs[x])
         try:
-            cls = resolve_block(mname)
+            cls = resolve_block(mname, allow_imports=allow_imports)
         except KeyError as e:
-            raise ValueError(f"{where}: {e.args[0]}") from None
+            raise ModelConfigError(f"{where}: {e.args[0]}") from None
         args = [names.get(a, a) if isinstance(a, str) else a for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
         try:
             ctor, n, c_out = _yaml_build(cls, c_in, args, n, gw)
             m_ = nn.Sequential(*(cls(*ctor) for _ in range(n))) if n > 1 else cls(*ctor)
         except Exception as e:
-            raise ValueError(f"{where}: cannot build {mname} with input channels {c_in}: {e}") from None
+            raise ModelConfigError(f"{where}: cannot build {mname} with input channels {c_in}: {e}") from None
         m_.i, m_.f, m_.type = i, f, f"{cls.__module__}.{cls.__qualname__}"
         m_.np, m_.c_out = sum(p.numel() for p in m_.parameters()), c_out
         LOGGER.debug(f"{i:>3}{f!s:>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{args!s:<30}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -218,8 +219,12 @@ def test_block_from_dotted_import_path(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     d = _insert_after(yaml_load(MODELS / "yolov5n.yaml"), 9, [-1, 1, "my_blocks.Double", [1024]])
-    m = DetectionModel(d, nc=2)
+    cfg = tmp_path / "my_model.yaml"  # the user's own --cfg file: it may import its own blocks
+    cfg.write_text(yaml.safe_dump(d))
+    m = DetectionModel(cfg, nc=2)
     assert m.layer_roles()[10]["c_out"] == 256 and m.model[10].proj.out_channels == 256
+    with pytest.raises(ValueError, match="never imports"):  # the same dict as data (e.g. from a weights file)
+        DetectionModel(d, nc=2)
 
 
 def test_bad_from_index_names_layer_and_line(tmp_path):

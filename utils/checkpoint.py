@@ -3,7 +3,6 @@ and weight transfer for ``--weights``. Format described in docs/ARCHITECTURE.md.
 
 import copy
 import os
-import pickle
 import tempfile
 import zipfile
 from argparse import Namespace
@@ -16,7 +15,8 @@ import torch
 from utils.cli import UserError
 from utils.general import LOGGER, names_dict
 from utils.torch_utils import de_parallel
-from utils.upstream import FORMAT, UpstreamCheckpointError, is_upstream_pickle, load_upstream, to_plain
+from utils.upstream import (FORMAT, UpstreamCheckpointError, check_zip_archive, is_upstream_pickle,
+                            load_upstream, to_plain)
 
 
 class CheckpointError(UserError, ValueError):
@@ -103,25 +103,55 @@ def read_weights_file(path):
         raise CheckpointError(f"{path}: not a file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a torch.save zip archive (truncated, empty or another format)")
-    if is_upstream_pickle(path):
-        try:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_zip_archive(path, zf)
+        if is_upstream_pickle(path):
             return "checkpoint", load_upstream(path)
-        except UpstreamCheckpointError as e:
-            raise CheckpointError(str(e)) from e
+    except UpstreamCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: damaged zip archive ({e})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever a damaged or crafted file provokes: one error naming it
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be loaded safely ({msg})") from e
+        raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {msg[:300]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "state_dict" in obj["model"]:
         if not str(obj.get("format", "")).startswith("yolov5-kd/"):
             LOGGER.warning(f"WARNING: {path}: checkpoint without a 'format' tag, reading it as ours")
+        check_checkpoint_entries(obj, path)
         return "checkpoint", obj
     state = _plain_state_dict(obj)
     if state is not None:
         return "state_dict", state
     raise CheckpointError(f"{path}: unrecognised content (neither a yolov5-kd checkpoint, an upstream YOLOv5 "
                           f"checkpoint, nor a state_dict of tensors)")
+
+
+def _is_tensor_dict(d):
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def check_checkpoint_entries(ckpt, path):
+    """Types of the entries code reads from a checkpoint in our format; CheckpointError naming the first bad one."""
+    entry = ckpt["model"]
+    number = (int, float)
+    checks = (
+        ("model.yaml", entry.get("yaml"), lambda v: isinstance(v, dict)),
+        ("model.state_dict", entry.get("state_dict"), _is_tensor_dict),
+        ("model.names", entry.get("names"), lambda v: v is None or isinstance(v, (dict, list, tuple))),
+        ("model.nc", entry.get("nc"), lambda v: v is None or (isinstance(v, int) and 0 < v <= 100_000)),
+        ("model.stride", entry.get("stride"),
+         lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(s, number) for s in v))),
+        ("ema", ckpt.get("ema"), lambda v: v is None or _is_tensor_dict(v)),
+        ("epoch", ckpt.get("epoch", -1), lambda v: isinstance(v, int)),
+        ("opt", ckpt.get("opt"), lambda v: v is None or isinstance(v, dict)),
+        ("hyp", ckpt.get("hyp"), lambda v: v is None or isinstance(v, dict)),
+    )
+    for name, value, ok in checks:
+        if not ok(value):
+            raise CheckpointError(f"{path}: malformed checkpoint entry '{name}' ({type(value).__name__})")
 
 
 def load_checkpoint(path):
@@ -133,12 +163,34 @@ def load_checkpoint(path):
     return obj
 
 
+def build_stored_model(yaml_dict, path, nc=None, anchors=None):
+    """DetectionModel from the model YAML stored in weights file ``path``: data, never code.
+
+    Its blocks resolve only among known nn.Module classes (no imports); any failure to rebuild it is a
+    CheckpointError naming the file, the layer and how to load the weights anyway.
+    """
+    from models.yolo import DetectionModel, ModelConfigError
+
+    if not isinstance(yaml_dict, dict):
+        raise CheckpointError(f"{path}: the stored model YAML is a {type(yaml_dict).__name__}, not a mapping")
+    if nc is not None and not (isinstance(nc, int) and 0 < nc <= 100_000):
+        raise CheckpointError(f"{path}: stored class count nc={nc!r} is not an int in 1..100000")
+    try:
+        return DetectionModel(copy.deepcopy(yaml_dict), ch=3, nc=nc, anchors=anchors, source=path,
+                              allow_imports=False)
+    except ModelConfigError as e:
+        raise CheckpointError(f"{e} -- to load these weights anyway, give your own model YAML with --cfg "
+                              f"(it may name your module by dotted path), or register the class with "
+                              f"@models.yolo.register_block in code that runs before loading") from None
+    except Exception as e:  # noqa: BLE001 - any other failure on stored data is a bad file, not a bug of ours
+        raise CheckpointError(f"{path}: cannot rebuild the stored model ({type(e).__name__}: {e})") from None
+
+
 def _build_model(cfg, nc=None):
+    """A model from the user's own cfg (a YAML path: their code, it may import their blocks)."""
     from models.yolo import DetectionModel
 
-    if isinstance(cfg, dict):
-        cfg = copy.deepcopy(cfg)
-    return DetectionModel(cfg, ch=int(cfg.get("ch", 3)) if isinstance(cfg, dict) else 3, nc=nc)
+    return DetectionModel(cfg, ch=3, nc=nc)
 
 
 def _load_strict(model, state, path):
@@ -158,7 +210,10 @@ def load_model(path, device="cpu", fuse=False, cfg=None):
     kind, obj = read_weights_file(path)
     if kind == "checkpoint":
         entry = obj["model"]
-        model = _build_model(cfg if cfg is not None else entry["yaml"], nc=entry.get("nc"))
+        if cfg is not None:
+            model = _build_model(cfg, nc=entry.get("nc"))
+        else:
+            model = build_stored_model(entry["yaml"], path, nc=entry.get("nc"))
         state, names = entry["state_dict"], entry.get("names")
     else:
         if cfg is None:

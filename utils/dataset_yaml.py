@@ -1,16 +1,26 @@
 """Dataset YAML -> resolved dict (absolute paths, names as {int: str}, nc), generating local data on demand.
 
-`download:` may name a local Python generator script (e.g. `data/scripts/make_synthetic.py`), which is
-run as `python SCRIPT --out <dataset path>` when the val split is missing. URLs are never fetched.
+`download:` may only name a generator shipped in this repo's data/scripts/ (GENERATORS, by relative path),
+run as `python SCRIPT [its options] --out <dataset path>` when the val split is missing. A dataset YAML is
+data, not code: URLs, other scripts and shell commands are refused, never run.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from utils.cli import UserError
 from utils.general import LOGGER, ROOT, yaml_load
 
 SPLITS = ("train", "val", "test")
+SCRIPTS_DIR = "data/scripts"
+GENERATORS = ("make_synthetic.py",)  # the only scripts a dataset YAML's `download:` may run
+SAFE_ARG = re.compile(r"--?[A-Za-z][\w-]*|[\w.+-]+")  # option names and plain values, nothing else
+
+
+class DatasetDownloadError(UserError, FileNotFoundError):
+    """A dataset that is missing and that its YAML's `download:` may not (or could not) create."""
 
 
 def _resolve_root(path_value, yaml_dir):
@@ -48,25 +58,38 @@ def _missing(paths):
     return [p for p in (paths if isinstance(paths, list) else [paths]) if not Path(p).exists()]
 
 
-def run_download(download, root, source):
-    """Run a local generator script for the dataset; refuse URLs and anything else."""
+def generator_command(download, root, source):
+    """The command for a ``download:`` entry: only a generator shipped in data/scripts/, by relative path.
+
+    A dataset YAML is data from someone else: it may name one of GENERATORS (with its own options),
+    never a URL, an absolute path, another script or a shell command. Raises DatasetDownloadError.
+    """
     text = str(download).strip()
-    if text.startswith(("http://", "https://")) or "://" in text:
-        raise FileNotFoundError(f"{source}: dataset not found at {root}; this YAML wants to download {text}, "
-                                f"which yolov5-kd never does by itself. Download it manually into {root}.")
+    shipped = ", ".join(f"{SCRIPTS_DIR}/{g}" for g in GENERATORS)
+    fetch = f"fetch or generate the dataset yourself into {root}"
+    if "://" in text:
+        raise DatasetDownloadError(f"{source}: dataset not found at {root}; this YAML wants to download {text}, "
+                                   f"which yolov5-kd never does by itself: {fetch}")
     parts = text.split()
     if parts and parts[0] in ("python", "python3"):
         parts = parts[1:]
-    script = Path(parts[0]) if parts else None
-    if script is not None and not script.is_absolute():
-        script = ROOT / script
-    if script is None or script.suffix != ".py" or not script.is_file():
-        raise FileNotFoundError(f"{source}: 'download: {text}' is not a local generator script (.py)")
-    cmd = [sys.executable, str(script), *parts[1:], "--out", str(root)]
+    script = parts[0] if parts else ""
+    if script not in {f"{SCRIPTS_DIR}/{g}" for g in GENERATORS} or not (ROOT / script).is_file():
+        raise DatasetDownloadError(f"{source}: 'download: {text}' is not allowed: a dataset YAML may only name a "
+                                   f"generator shipped with yolov5-kd ({shipped}); {fetch}")
+    bad = [a for a in parts[1:] if not SAFE_ARG.fullmatch(a)]
+    if bad:
+        raise DatasetDownloadError(f"{source}: 'download: {text}': argument {bad[0]!r} is not a plain option")
+    return [sys.executable, str(ROOT / script), *parts[1:], "--out", str(root)]
+
+
+def run_download(download, root, source):
+    """Generate a missing dataset with a shipped generator (see generator_command); nothing else runs."""
+    cmd = generator_command(download, root, source)
     LOGGER.info(f"Dataset not found, generating it: {' '.join(cmd)}")
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{source}: generator {script} failed:\n{result.stderr[-2000:]}")
+        raise DatasetDownloadError(f"{source}: generator {cmd[1]} failed:\n{result.stderr[-2000:]}")
 
 
 def check_dataset(data, autodownload=True):

@@ -7,6 +7,7 @@ rolled-in_scale = a cluster of short bright horizontal flakes, scratches = one l
 Boxes are the exact extent of the drawn pixels.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+MARKER = "GENERATED_BY_YOLOV5_KD"  # written into every generated dataset; --overwrite deletes only such folders
 NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 
 
@@ -129,6 +131,9 @@ def make_synthetic(out, n_train=200, n_val=50, seed=0, overwrite=False):
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         return out
+    if overwrite and out.exists() and not (out / MARKER).is_file():
+        raise FileExistsError(f"{out}: refusing to overwrite a folder this generator did not create "
+                              f"(no {MARKER} marker inside); remove it yourself or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +147,8 @@ def make_synthetic(out, n_train=200, n_val=50, seed=0, overwrite=False):
             cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
             (tmp / "labels" / split / f"{stem}.txt").write_text(
                 "".join(f"{c} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in rows))
+    (tmp / MARKER).write_text(json.dumps({"generator": "yolov5-kd make_synthetic", "train": n_train,
+                                          "val": n_val, "seed": seed}) + "\n")
     if overwrite and out.exists():
         shutil.rmtree(out)
     try:

@@ -100,19 +100,6 @@ def _as_windows_path(*parts):
     return str(PureWindowsPath(*parts))
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *_):
-    """Replacement for torch._utils._rebuild_tensor_v2: a strided view of a flat storage tensor."""
-    if not isinstance(storage, torch.Tensor):
-        raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    return torch.as_strided(storage, tuple(size), tuple(stride), int(storage_offset))
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *_):
-    if isinstance(dtype, torch.dtype) and storage.dtype != dtype:
-        storage = storage.view(dtype)
-    return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
 def _rebuild_parameter(data, *_):
     return data
 
@@ -142,136 +129,235 @@ TORCH_NN = {
     "dropout": ("Dropout",),
 }
 
-_STANDIN_CLASSES = {}
+# Bounds on what one archive may make the reader do (a crafted file must fail fast, not exhaust memory).
+LIMITS = {
+    "max_ratio": 100,             # uncompressed / compressed size of one zip entry
+    "max_entry_bytes": 8 << 30,   # one zip entry, uncompressed
+    "max_entries": 100_000,       # entries in the archive
+    "max_dims": 8,                # dimensions of one tensor view
+    "max_depth": 100,             # nesting of containers and modules in the pickled objects
+    "max_nodes": 2_000_000,       # objects visited while converting (a shared sub-list counts each time)
+}
 
 
-def _standin_class(qualname):
-    """One inert ModuleStandIn subclass per upstream class name (cached)."""
-    if qualname not in _STANDIN_CLASSES:
-        short = qualname.rsplit(".", 1)[1]
-        _STANDIN_CLASSES[qualname] = type(short, (ModuleStandIn,), {"upstream_name": qualname})
-    return _STANDIN_CLASSES[qualname]
+def upstream_names():
+    """Every allowlisted global name: upstream YOLOv5 blocks and models, torch.nn layers, data helpers."""
+    names = [f"models.common.{n}" for n in UPSTREAM_BLOCKS] + [f"models.yolo.{n}" for n in UPSTREAM_MODELS]
+    names += [f"torch.nn.modules.{sub}.{n}" for sub, ns in TORCH_NN.items() for n in ns]
+    return names
 
 
-def _build_allowlist():
-    allowed = {
-        "collections.OrderedDict": OrderedDict,
-        "builtins.set": set,
-        "builtins.frozenset": frozenset,
-        "pathlib.PosixPath": _as_posix_path,
-        "pathlib.PurePosixPath": _as_posix_path,
-        "pathlib.WindowsPath": _as_windows_path,
-        "pathlib.PureWindowsPath": _as_windows_path,
-        "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-        "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "numpy.dtype": _NumpyDtype,
-        "numpy.ndarray": _NumpyArray,
-    }
-    for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[f"{core}.scalar"] = _numpy_scalar
-        allowed[f"{core}._reconstruct"] = lambda cls, *args: _NumpyArray()
-    allowed.update({f"torch.{k}": _StorageType(v) for k, v in _STORAGE_DTYPES.items()})
-    allowed.update({f"torch.{k}": v for k, v in _TORCH_DTYPES.items()})
-    for name in UPSTREAM_BLOCKS:
-        allowed[f"models.common.{name}"] = _standin_class(f"models.common.{name}")
-    for name in UPSTREAM_MODELS:
-        allowed[f"models.yolo.{name}"] = _standin_class(f"models.yolo.{name}")
-    for sub, names in TORCH_NN.items():
-        for name in names:
-            allowed[f"torch.nn.modules.{sub}.{name}"] = _standin_class(f"torch.nn.modules.{sub}.{name}")
-    return allowed
-
-
-ALLOWED_GLOBALS = _build_allowlist()
+def check_zip_archive(file, zf):
+    """Refuse archives whose entries claim absurd sizes or compression ratios (zip bombs) before reading."""
+    infos = zf.infolist()
+    if len(infos) > LIMITS["max_entries"]:
+        raise UpstreamCheckpointError(f"{file}: {len(infos)} zip entries (limit {LIMITS['max_entries']})")
+    for zi in infos:
+        if zi.file_size > LIMITS["max_entry_bytes"]:
+            raise UpstreamCheckpointError(f"{file}: zip entry '{zi.filename}' claims {zi.file_size} bytes "
+                                          f"(limit {LIMITS['max_entry_bytes']})")
+        if zi.file_size > (1 << 20) and zi.file_size > LIMITS["max_ratio"] * max(zi.compress_size, 1):
+            raise UpstreamCheckpointError(f"{file}: zip entry '{zi.filename}' expands {zi.file_size} bytes from "
+                                          f"{zi.compress_size} (ratio over {LIMITS['max_ratio']}: a zip bomb?)")
 
 
 # ----------------------------------------------------------------------------- unpickler
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals come only from ALLOWED_GLOBALS; storages are read from the zip."""
+class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD opcode can be checked
+    """Unpickler whose globals come only from a per-load allowlist; storages are read from the zip.
+
+    Every load gets fresh stand-in classes and storage types, so nothing one file does (BUILD on a
+    class, attributes set on a stand-in) can reach another load. BUILD is allowed only on stand-in
+    instances; tensor views are checked against their storage.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, data, zf, prefix, file):
         super().__init__(io.BytesIO(data))
         self.zf, self.prefix, self.file = zf, prefix, file
         self.storages = {}
+        self.allowed = self._allowlist()
+
+    def _allowlist(self):
+        standins = {}
+
+        def standin(qualname):
+            return standins.setdefault(qualname, type(qualname.rsplit(".", 1)[1], (ModuleStandIn,),
+                                                      {"upstream_name": qualname}))
+
+        allowed = {
+            "collections.OrderedDict": OrderedDict,
+            "builtins.set": set,
+            "builtins.frozenset": frozenset,
+            "pathlib.PosixPath": _as_posix_path,
+            "pathlib.PurePosixPath": _as_posix_path,
+            "pathlib.WindowsPath": _as_windows_path,
+            "pathlib.PureWindowsPath": _as_windows_path,
+            "torch._utils._rebuild_tensor_v2": self._rebuild_tensor,
+            "torch._utils._rebuild_tensor_v3": self._rebuild_tensor_v3,
+            "torch._utils._rebuild_parameter": _rebuild_parameter,
+            "numpy.dtype": _NumpyDtype,
+            "numpy.ndarray": _NumpyArray,
+        }
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed[f"{core}.scalar"] = _numpy_scalar
+            allowed[f"{core}._reconstruct"] = lambda cls, *args: _NumpyArray()
+        allowed.update({f"torch.{k}": _StorageType(v) for k, v in _STORAGE_DTYPES.items()})
+        allowed.update({f"torch.{k}": v for k, v in _TORCH_DTYPES.items()})
+        allowed.update({name: standin(name) for name in upstream_names()})
+        return allowed
 
     def find_class(self, module, name):
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
         key = f"{module}.{name}"
-        if key not in ALLOWED_GLOBALS:
+        if key not in self.allowed:
             raise UpstreamCheckpointError(
                 f"{self.file}: refused to load global '{key}': it is not in the allowlist of upstream "
                 f"YOLOv5 classes (the file may be unsafe, or hold a model type this importer does not know)"
             )
-        return ALLOWED_GLOBALS[key]
+        return self.allowed[key]
+
+    def load_build(self):
+        """BUILD only on the inert objects that record state; never on a class, function or storage type."""
+        target = self.stack[-2] if len(self.stack) > 1 else None
+        if not isinstance(target, (ModuleStandIn, _NumpyDtype, _NumpyArray)) or isinstance(target, type):
+            raise UpstreamCheckpointError(f"{self.file}: refused to set state on {type(target).__name__} "
+                                          f"(only pickled modules carry state)")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise UpstreamCheckpointError(f"{self.file}: unexpected persistent id {pid!r:.80}")
         _, stype, key, _location, numel = pid[:5]
-        if not isinstance(stype, _StorageType):
-            raise UpstreamCheckpointError(f"{self.file}: storage of unknown type {stype!r:.80}")
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+            raise UpstreamCheckpointError(f"{self.file}: malformed storage reference {pid!r:.80}")
         if key not in self.storages:
-            try:
-                raw = self.zf.read(f"{self.prefix}data/{key}")
-            except KeyError as e:
-                raise UpstreamCheckpointError(f"{self.file}: storage '{key}' missing from the archive") from e
-            flat = torch.frombuffer(bytearray(raw), dtype=stype.dtype) if raw else torch.empty(0, dtype=stype.dtype)
-            if stype.dtype != torch.uint8 and flat.numel() != numel:
-                raise UpstreamCheckpointError(f"{self.file}: storage '{key}' has {flat.numel()} elements, expected {numel}")
-            self.storages[key] = flat
+            self.storages[key] = self._read_storage(key, stype.dtype, numel)
         return self.storages[key]
+
+    def _read_storage(self, key, dtype, numel):
+        """A flat tensor from zip entry data/<key>, whose size must be exactly what the pickle claims."""
+        name = f"{self.prefix}data/{key}"
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            raise UpstreamCheckpointError(f"{self.file}: storage '{key}' missing from the archive") from None
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if numel < 0 or info.file_size != numel * itemsize:
+            raise UpstreamCheckpointError(f"{self.file}: storage '{key}' claims {numel} elements of {itemsize} "
+                                          f"bytes but the archive holds {info.file_size} bytes")
+        raw = self.zf.read(name)
+        return torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+
+    def _known_storage(self, storage):
+        if not any(storage is s for s in self.storages.values()):
+            raise UpstreamCheckpointError(f"{self.file}: tensor rebuilt from something that is not a storage")
+
+    def _view(self, storage, storage_offset, size, stride):
+        """A strided view of a flat storage, after checking it stays inside the storage."""
+        size, stride = tuple(size), tuple(stride)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (storage_offset, *size, *stride))
+        if not ints or len(size) != len(stride) or len(size) > LIMITS["max_dims"]:
+            raise UpstreamCheckpointError(f"{self.file}: malformed tensor view size={size!r:.60} stride={stride!r:.60}")
+        if storage_offset < 0 or any(s < 0 for s in size) or any(st < 1 for sz, st in zip(size, stride) if sz > 1):
+            raise UpstreamCheckpointError(f"{self.file}: tensor view with a negative size or offset, or a stride of "
+                                          f"0 (size={size}, stride={stride}, offset={storage_offset})")
+        if all(size):
+            last = storage_offset + sum((sz - 1) * st for sz, st in zip(size, stride))
+            if last >= storage.numel():
+                raise UpstreamCheckpointError(f"{self.file}: tensor view reaches element {last} of a storage of "
+                                              f"{storage.numel()} (out of bounds)")
+        return torch.as_strided(storage, size, stride, storage_offset)
+
+    def _rebuild_tensor(self, storage, storage_offset, size, stride, *_):
+        """torch._utils._rebuild_tensor_v2, checked: a view of one of this archive's storages."""
+        self._known_storage(storage)
+        return self._view(storage, storage_offset, size, stride)
+
+    def _rebuild_tensor_v3(self, storage, storage_offset, size, stride, requires_grad, hooks, dtype, *_):
+        self._known_storage(storage)
+        if isinstance(dtype, torch.dtype) and storage.dtype != dtype:
+            storage = storage.view(dtype)
+        return self._view(storage, storage_offset, size, stride)
 
 
 def read_pickled_zip(file):
-    """Unpickle the ``data.pkl`` of a torch.save zip with the restricted unpickler (raw objects)."""
+    """Unpickle the ``data.pkl`` of a torch.save zip with the restricted unpickler (raw objects).
+
+    Every failure is one UpstreamCheckpointError naming the file.
+    """
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: checkpoint file not found")
     try:
         zf = zipfile.ZipFile(file)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise UpstreamCheckpointError(f"{file}: not a torch.save zip archive (truncated or wrong format): {e}") from e
     with zf:
+        check_zip_archive(file, zf)
         pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if not pkl:
             raise UpstreamCheckpointError(f"{file}: zip archive without a data.pkl (not a torch.save file)")
         prefix = pkl[0][: -len("data.pkl")]
         order = f"{prefix}byteorder"
-        if order in zf.namelist() and zf.read(order).strip() not in (b"little", b""):
-            raise UpstreamCheckpointError(f"{file}: big-endian checkpoints are not supported")
         try:
+            if order in zf.namelist() and zf.read(order).strip() not in (b"little", b""):
+                raise UpstreamCheckpointError(f"{file}: big-endian checkpoints are not supported")
             return RestrictedUnpickler(zf.read(pkl[0]), zf, prefix, file).load()
         except UpstreamCheckpointError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError) as e:
             raise UpstreamCheckpointError(f"{file}: damaged or truncated archive ({e})") from e
-        except (pickle.UnpicklingError, TypeError, ValueError, AttributeError, IndexError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a crafted pickle provokes is one error naming the file
             raise UpstreamCheckpointError(f"{file}: cannot read the pickled content ({type(e).__name__}: {e})") from e
 
 
 # ----------------------------------------------------------------------------- conversion
-def standin_state_dict(module, prefix=""):
+def standin_state_dict(module, prefix="", depth=0):
     """state_dict of a pickled module tree, in nn.Module order (params, persistent buffers, children)."""
+    if depth > LIMITS["max_depth"]:
+        raise UpstreamCheckpointError(f"modules nested deeper than {LIMITS['max_depth']} at '{prefix}'")
     out = OrderedDict()
-    for name, p in (module.get("_parameters") or {}).items():
-        if p is not None:
-            out[prefix + name] = p
     skip = module.get("_non_persistent_buffers_set") or set()
-    for name, b in (module.get("_buffers") or {}).items():
-        if b is not None and name not in skip:
-            out[prefix + name] = b
-    for name, child in (module.get("_modules") or {}).items():
+    tensors = [(n, p) for n, p in _dict_items(module.get("_parameters"), prefix)]
+    tensors += [(n, b) for n, b in _dict_items(module.get("_buffers"), prefix) if n not in skip]
+    for name, value in tensors:
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise UpstreamCheckpointError(f"'{prefix}{name}' is a {type(value).__name__}, not a tensor")
+        out[prefix + name] = value
+    for name, child in _dict_items(module.get("_modules"), prefix):
         if child is None:
             continue
         if not isinstance(child, ModuleStandIn):
             raise UpstreamCheckpointError(f"sub-module '{prefix}{name}' is not a module")
-        out.update(standin_state_dict(child, f"{prefix}{name}."))
+        out.update(standin_state_dict(child, f"{prefix}{name}.", depth + 1))
+    if len(out) > LIMITS["max_nodes"]:
+        raise UpstreamCheckpointError(f"more than {LIMITS['max_nodes']} tensors")
     return out
 
 
-def to_plain(x):
-    """Recursively turn a value into plain Python/tensor data loadable with weights_only=True."""
+def _dict_items(d, prefix):
+    if d is None:
+        return []
+    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+        raise UpstreamCheckpointError(f"module '{prefix or 'model'}' has a malformed parameter/module table")
+    return list(d.items())
+
+
+def to_plain(x, depth=0, budget=None):
+    """Recursively turn a value into plain Python/tensor data loadable with weights_only=True.
+
+    Depth and the number of visited objects are bounded (a crafted pickle can share one list many times).
+    """
+    budget = [LIMITS["max_nodes"]] if budget is None else budget
+    budget[0] -= 1
+    if depth > LIMITS["max_depth"] or budget[0] < 0:
+        raise UpstreamCheckpointError(f"pickled data nested deeper than {LIMITS['max_depth']} or larger than "
+                                      f"{LIMITS['max_nodes']} objects")
     if isinstance(x, torch.Tensor):
         return x.detach().clone()
     if isinstance(x, _NumpyArray):
@@ -283,9 +369,9 @@ def to_plain(x):
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
     if isinstance(x, dict):
-        return {to_plain(k): to_plain(v) for k, v in x.items()}
+        return {to_plain(k, depth + 1, budget): to_plain(v, depth + 1, budget) for k, v in x.items()}
     if isinstance(x, (list, tuple, set, frozenset)):
-        return [to_plain(v) for v in x]
+        return [to_plain(v, depth + 1, budget) for v in x]
     return str(x)
 
 
@@ -309,8 +395,21 @@ def convert_model(module, file="checkpoint"):
 
 
 def load_upstream(file):
-    """Import an upstream YOLOv5 ``.pt`` file into our checkpoint dict format (see ARCHITECTURE.md)."""
+    """Import an upstream YOLOv5 ``.pt`` file into our checkpoint dict format (see ARCHITECTURE.md).
+
+    Every failure is one UpstreamCheckpointError naming the file.
+    """
     raw = read_pickled_zip(file)
+    try:
+        return _convert_checkpoint(raw, file)
+    except UpstreamCheckpointError as e:
+        raise e if str(file) in str(e) else UpstreamCheckpointError(f"{file}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - malformed content of a file someone else wrote
+        raise UpstreamCheckpointError(f"{file}: malformed checkpoint content ({type(e).__name__}: {e})") from None
+
+
+def _convert_checkpoint(raw, file):
+    """The unpickled dict of an upstream checkpoint -> our checkpoint dict."""
     if not isinstance(raw, dict) or "model" not in raw:
         raise UpstreamCheckpointError(f"{file}: not a YOLOv5 checkpoint (expected a dict with a 'model' entry)")
     model = raw.get("ema") if raw.get("model") is None else raw["model"]
@@ -342,9 +441,10 @@ def is_upstream_pickle(file):
     """True when a torch.save zip references upstream ``models.*`` classes (cheap scan of data.pkl)."""
     try:
         with zipfile.ZipFile(file) as zf:
+            check_zip_archive(file, zf)
             pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
             data = zf.read(pkl[0]) if pkl else b""
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False
     # GLOBAL opcode (protocol 2, what torch.save writes) or a protocol-4 SHORT_BINUNICODE module name
     return b"cmodels.yolo\n" in data or b"cmodels.common\n" in data or b"\x8c\x0bmodels.yolo" in data
