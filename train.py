@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
 
 from utils.engine import RANK, Trainer  # noqa: E402
 from utils.general import LOGGER, increment_path, print_args  # noqa: E402
+from utils.options import CACHE_CHOICES, check_train_options  # noqa: E402
 from utils.run_dirs import latest_run  # noqa: E402
 
 DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
@@ -38,7 +39,8 @@ def build_parser():
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters (not supported yet)")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", choices=CACHE_CHOICES,
+                   help="cache images: ram (default), disk, or val (the validation set only, in RAM)")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
@@ -105,6 +107,7 @@ def main(opt, plugin=None):
     if opt.evolve:
         raise SystemExit("train.py: --evolve (hyperparameter evolution) is not supported yet; "
                          "run train.py with a --hyp file instead")
+    check_train_options(opt)  # before any work: --epochs 0, --batch-size 0 ... end here
     if RANK in (-1, 0):
         print_args(opt, "train")
     if opt.resume:

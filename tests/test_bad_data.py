@@ -81,7 +81,7 @@ def test_fuzzed_folder_summary_and_messages(tmp_path, caplog_yolo):
     for stem in ("png_named_jpg", "slightly_outside", "far_outside", "zero_wh", "nan_inf", "truncated",
                  "wrong_columns", "duplicates", "zero_bytes", "text_as_jpg", "garbage", "tiny"):
         assert text.count(f"{stem}.") == 1, (stem, text.count(f"{stem}."))
-    assert text.count("bad_class.") == 2  # invalid ids at the scan, ids >= nc once nc is known
+    assert text.count("bad_class.") == 1  # invalid ids and ids >= nc in one message
     assert "class id -1" in text and "[9] >= nc=6" in text
     assert "notes.txt" in text and "data.csv" in text
     # summary line with the counts

@@ -5,6 +5,7 @@ the network input, paths, shapes) with shapes[i] None for mosaic samples, else
 ((h0, w0), ((h / h0, w / w0), (padw, padh))).
 """
 
+import glob
 import math
 import os
 import random
@@ -29,6 +30,52 @@ PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 
 
+NPY_DIR = ".yolov5kd-npy"  # the disk image cache: a hidden folder of ours beside the images
+
+
+def npy_cache_paths(im_files):
+    """Disk-cache file of each image, named after the image's size and mtime, in our own cache folder
+    (beside the images, or under runs/cache/npy when that place is read-only); None if unreadable.
+
+    A stray <image>.npy next to the image is never read, and an edited image never meets its old cache."""
+    folders, out = {}, []
+    for f in map(Path, im_files):
+        try:
+            st = f.stat()
+        except OSError:
+            out.append(None)
+            continue
+        if f.parent not in folders:
+            own = f.parent / NPY_DIR
+            ok = label_files.writable(f.parent) or label_files.writable(own)
+            folders[f.parent] = own if ok else label_files.fallback_cache_dir("npy", f.parent)
+        out.append(folders[f.parent] / f"{f.name}.{st.st_size}-{st.st_mtime_ns}.npy")
+    return out
+
+
+def read_npy_cache(f):
+    """The cached image array, or None when absent or unreadable (then the image is read instead)."""
+    if f is None or not f.is_file():
+        return None
+    try:
+        im = np.load(f, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return im if im.ndim == 3 and im.dtype == np.uint8 else None
+
+
+def write_npy_cache(f, im):
+    """Write atomically (temp name, then rename) and remove this image's older cache files."""
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, im, allow_pickle=False)
+    os.replace(tmp, f)
+    stem = f.name.rsplit(".", 2)[0]  # image name without the size-mtime key
+    for old in f.parent.glob(f"{glob.escape(stem)}.*.npy"):
+        if old != f and old.name.rsplit(".", 2)[0] == stem:
+            old.unlink(missing_ok=True)
+
+
 class LoadImagesAndLabels(Dataset):
     """YOLO-format dataset: images + labels, letterbox or mosaic, augmentations driven by hyp keys."""
 
@@ -50,13 +97,12 @@ class LoadImagesAndLabels(Dataset):
         im_files = list_image_files(path, prefix)
         if not im_files:
             raise FileNotFoundError(f"{prefix}no images found in {path} (formats: {', '.join(IMG_FORMATS)})")
-        records, self.counts = load_labels(im_files, prefix)
+        records, self.counts = load_labels(im_files, prefix, nc=nc)
         self.im_files = [r["im_file"] for r in records]
         self.label_files = img2label_paths(self.im_files)
         self.labels = [r["labels"] for r in records]
         self.shapes = np.array([r["shape"] for r in records], dtype=np.float64).reshape(-1, 2)  # (w, h)
         self.segments = [r["segments"] for r in records]
-        self._check_classes(nc)
         if min_items:
             keep = [i for i, lb in enumerate(self.labels) if len(lb) >= min_items]
             LOGGER.info(f"{prefix}{len(self.im_files) - len(keep)}/{len(self.im_files)} images filtered "
@@ -75,9 +121,9 @@ class LoadImagesAndLabels(Dataset):
 
         self.ims = [None] * n
         self.im_hw0, self.im_hw = [None] * n, [None] * n
-        self.npy_files = [self._npy_path(f) for f in self.im_files]
         if cache_images is True:
             cache_images = "ram"
+        self.npy_files = npy_cache_paths(self.im_files) if cache_images == "disk" else [None] * n
         if cache_images:
             self._cache_images(cache_images)
 
@@ -88,20 +134,6 @@ class LoadImagesAndLabels(Dataset):
         self.labels = [self.labels[i] for i in idx]
         self.segments = [self.segments[i] for i in idx]
         self.shapes = self.shapes[idx]
-
-    def _check_classes(self, nc):
-        """Drop rows whose class id is >= nc (one message per file)."""
-        if nc is None:
-            return
-        for i, lb in enumerate(self.labels):
-            bad = lb[:, 0] >= nc
-            if bad.any():
-                ids = sorted({int(c) for c in lb[bad, 0]})
-                LOGGER.warning(f"{self.prefix}WARNING: {self.label_files[i]}: class id(s) {ids} >= nc={nc}, "
-                               f"{int(bad.sum())} row(s) dropped")
-                self.labels[i] = lb[~bad]
-                if self.segments[i]:
-                    self.segments[i] = [s for s, b in zip(self.segments[i], bad) if not b]
 
     def _make_rect_batches(self, batch_size, pad):
         """Sort by aspect ratio; each batch gets the smallest stride-multiple shape that fits its images."""
@@ -120,22 +152,16 @@ class LoadImagesAndLabels(Dataset):
                 shapes[i] = [1, 1 / mini]
         self.batch_shapes = np.ceil(np.array(shapes) * self.img_size / self.stride + pad).astype(int) * self.stride
 
-    def _npy_path(self, im_file):
-        """Disk-cache file: beside the image, or under runs/cache/npy when that folder is read-only."""
-        p = Path(im_file).with_suffix(".npy")
-        return p if label_files.writable(p.parent) else label_files.fallback_cache_dir("npy", p.parent) / p.name
-
     def _cache_images(self, mode):
         if mode not in ("ram", "disk"):
             raise ValueError(f"--cache must be 'ram' or 'disk', not {mode!r}")
-        if mode == "disk":
-            self.npy_files[0].parent.mkdir(parents=True, exist_ok=True)
         fn = self._cache_to_disk if mode == "disk" else self.load_image
         nbytes = 0
         with ThreadPoolExecutor(NUM_THREADS) as pool:
             for i, x in enumerate(pool.map(fn, range(self.n))):
                 if mode == "disk":
-                    nbytes += self.npy_files[i].stat().st_size
+                    f = self.npy_files[i]
+                    nbytes += f.stat().st_size if f is not None and f.exists() else 0
                 else:
                     self.ims[i], self.im_hw0[i], self.im_hw[i] = x
                     nbytes += self.ims[i].nbytes
@@ -143,11 +169,8 @@ class LoadImagesAndLabels(Dataset):
 
     def _cache_to_disk(self, i):
         f = self.npy_files[i]
-        if not f.exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_name(f".{f.stem}.{os.getpid()}.npy")
-            np.save(tmp, self._read(i), allow_pickle=False)
-            os.replace(tmp, f)
+        if f is not None and not f.exists():
+            write_npy_cache(f, self._read(i))
 
     # ---------------------------------------------------------------- loading
     def __len__(self):
@@ -163,8 +186,9 @@ class LoadImagesAndLabels(Dataset):
         """-> (im BGR resized so its long side is img_size, (h0, w0), (h, w))."""
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
-        f = self.npy_files[i]
-        im = np.load(f, allow_pickle=False) if f.exists() else self._read(i)
+        im = read_npy_cache(self.npy_files[i])
+        if im is None:
+            im = self._read(i)
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:

@@ -4,6 +4,7 @@ import math
 import os
 import random
 import time
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,12 @@ from tqdm import tqdm
 
 from utils.autoanchor import check_anchors
 from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
+from utils.cli import UserError
 from utils.loss import ComputeLoss, scale_loss_gains
+from utils.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, nonfinite_entries
 from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
+from utils.options import check_hyp, check_train_options
+from utils.results_log import append_row, drop_rows_from
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 RANK = int(os.getenv("RANK", -1))
@@ -103,6 +108,7 @@ def autobatch(model, imgsz, device, fraction=0.6, default=16):
         LOGGER.info(f"AutoBatch: CUDA not used, using default --batch-size {default}")
         return default
     total = torch.cuda.get_device_properties(device).total_memory
+    model = deepcopy(model).train()  # probing must not move the real model's BatchNorm statistics
     sizes, mems = [1, 2, 4, 8, 16], []
     for b in sizes:
         torch.cuda.empty_cache()
@@ -112,7 +118,8 @@ def autobatch(model, imgsz, device, fraction=0.6, default=16):
             out = model(x)
         sum(o.float().sum() for o in out).backward()
         mems.append(torch.cuda.max_memory_allocated(device))
-    model.zero_grad(set_to_none=True)
+    del model
+    torch.cuda.empty_cache()
     slope, intercept = np.polyfit(sizes, mems, 1)
     b = int((total * fraction - intercept) / max(slope, 1))
     b = max(1, min(b, 1024))
@@ -122,6 +129,29 @@ def autobatch(model, imgsz, device, fraction=0.6, default=16):
 
 def _plain(v):
     return str(v) if isinstance(v, Path) else v
+
+
+def _require_labels(dataset, where):
+    """Refuse a training set without a single label (with the scan's counts)."""
+    if sum(len(lb) for lb in dataset.labels):
+        return
+    c = dataset.counts
+    raise UserError(f"train: no labels in {where} ({len(dataset)} usable images: {c['found']} found, "
+                    f"{c['missing']} missing, {c['empty']} empty label files, {c['corrupt']} corrupt images); "
+                    "labels are read from a labels/ folder beside images/, one <image name>.txt per image")
+
+
+def clean_partial_saves(wdir):
+    """Delete temp files of checkpoint saves killed mid-write (.NAME.*.tmp, see save_checkpoint)."""
+    gone = []
+    for f in sorted(Path(wdir).glob(".*.tmp")):
+        if f.is_file():
+            f.unlink(missing_ok=True)
+            gone.append(f.name)
+    if gone:
+        LOGGER.info(f"Removed {len(gone)} unfinished checkpoint file(s) of an interrupted save in {wdir}: "
+                    f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}")
+    return gone
 
 
 class Trainer:
@@ -170,6 +200,7 @@ class Trainer:
             hyp = yaml_load(hyp)
             if not hyp:
                 raise ValueError(f"{self.hyp_in}: empty hyperparameter file")
+        check_hyp(hyp, self.hyp_in if isinstance(self.hyp_in, (str, Path)) else "hyp")
         self.hyp_orig = dict(hyp)
         self.hyp = dict(hyp)
 
@@ -223,22 +254,21 @@ class Trainer:
         opt, hyp = self.opt, self.hyp
         d = self.data_dict
         bs = self.batch_size // self.world_size
+        nc = int(d["nc"])  # rows with class ids outside 0..nc-1 are dropped per file, the file named once
         self.train_loader, self.dataset = create_dataloader(
             d["train"], self.imgsz, bs, self.gs, opt.single_cls, hyp=hyp, augment=True,
             cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=self.local_rank,
             workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "),
-            shuffle=True, seed=opt.seed)
+            shuffle=True, seed=opt.seed, nc=nc)
         labels = [lb for lb in self.dataset.labels]
-        if labels and len(np.concatenate(labels, 0)):
-            mlc = int(np.concatenate(labels, 0)[:, 0].max())
-            if mlc >= self.nc:
-                raise ValueError(f"{opt.data}: label class {mlc} exceeds nc={self.nc}; possible class labels are 0-{self.nc - 1}")
+        _require_labels(self.dataset, d["train"])
         self.val_loader = None
         if self.main:
+            val_cache = None if opt.noval else "ram" if opt.cache == "val" else opt.cache
             self.val_loader = create_dataloader(
                 d["val"], self.imgsz, bs * 2, self.gs, opt.single_cls, hyp=hyp,
-                cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
-                prefix=colorstr("val: "))[0]
+                cache=val_cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
+                prefix=colorstr("val: "), nc=nc)[0]
             if self.resume_ckpt is None:
                 if not opt.noautoanchor:
                     check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=self.imgsz)
@@ -309,13 +339,15 @@ class Trainer:
 
     def _run(self):
         opt = self.opt
-        self._setup_device()
+        check_train_options(opt)
         self._load_hyp()
+        self._setup_device()
         self.epochs = opt.epochs
         self.wdir = self.save_dir / "weights"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
+            clean_partial_saves(self.wdir)
             yaml_save(self.save_dir / "hyp.yaml", self.hyp_orig)
             yaml_save(self.save_dir / "opt.yaml", {k: _plain(v) for k, v in vars(opt).items()})
         init_seeds(opt.seed + 1 + max(self.rank, 0), deterministic=True)
@@ -324,6 +356,11 @@ class Trainer:
         self._scale_hyp()
         self.plugin.setup(self)
         self._build_optim()
+        if self.main and self.start_epoch > 0:
+            n = drop_rows_from(self.save_dir / "results.csv", self.start_epoch)
+            if n:
+                LOGGER.info(f"results.csv: dropped {n} row(s) of epoch {self.start_epoch} and later "
+                            "(written before the interruption, trained again now)")
         self._wrap_ddp()
         self.plugin.on_train_start(self)
         self.tb = self._tensorboard()
@@ -368,6 +405,8 @@ class Trainer:
         self.maps = np.zeros(self.nc)
         clip_params = [p for p in self.model.parameters() if p.requires_grad]
         extra_params = [p for m in self.extra_modules for p in m.parameters() if p.requires_grad]
+        self.guard = NonFiniteGuard(self.model, hyp.get("nonfinite_limit", DEFAULT_LIMIT), lr0=self.hyp_orig["lr0"],
+                                    distributed=self.world_size > 1, check_grads=not self.amp)
         accumulate = self.accumulate
         t0 = time.time()
         if self.main:
@@ -381,12 +420,14 @@ class Trainer:
                 iw = labels_to_image_weights(self.dataset.labels, self.nc, cw)
                 self.dataset.indices = random.choices(range(len(self.dataset)), weights=iw, k=len(self.dataset))
             mloss = torch.zeros(3 + len(names), device=self.device)
+            n_ok = torch.zeros((), device=self.device)  # batches with a finite loss (the mean skips the others)
             pbar = enumerate(self.train_loader)
             if self.main:
                 LOGGER.info(("\n" + "%11s" * (7 + len(names))) %
                             ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", *names, "Instances", "Size"))
                 pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
             self.optimizer.zero_grad()
+            self.guard.start_window()
             last_opt_step, last_log = epoch * nb - 1, 0.0
             for i, (imgs, targets, paths, _) in pbar:
                 ni = i + nb * epoch
@@ -416,11 +457,14 @@ class Trainer:
                     if opt.quad:
                         loss = loss * 4.0
                 scaler.scale(loss).backward()
+                self.guard.note_loss(loss)
                 if ni - last_opt_step >= accumulate or i == nb - 1:
-                    self._optimizer_step(scaler, clip_params, extra_params)
+                    self._optimizer_step(scaler, clip_params, extra_params, epoch, i - (ni - last_opt_step) + 1)
                     last_opt_step = ni
                 if self.main:
-                    mloss = (mloss * i + loss_items) / (i + 1)
+                    ok = torch.isfinite(loss_items).all()
+                    n_ok = n_ok + ok
+                    mloss = torch.where(ok, mloss + (loss_items - mloss) / n_ok.clamp(min=1), mloss)
                     now = time.time()
                     if now - last_log > 0.5 or i == nb - 1:  # throttled host sync for the bar
                         last_log = now
@@ -461,19 +505,25 @@ class Trainer:
             LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         return results
 
-    def _optimizer_step(self, scaler, clip_params, extra_params):
+    def _optimizer_step(self, scaler, clip_params, extra_params, epoch, first_batch):
+        """Unscale, clip, step and update the EMA, unless the guard finds a non-finite loss or gradient in
+        the accumulation window (then its gradients are dropped and the step is skipped)."""
         if self.world_size > 1 and extra_params:  # plugin modules are outside DDP: average their grads here
             for p in extra_params:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
         scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(clip_params + extra_params, max_norm=10.0)
-        scaler.step(self.optimizer)
-        scaler.update()
-        self.optimizer.zero_grad()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        norm = torch.nn.utils.clip_grad_norm_(clip_params + extra_params, max_norm=10.0)
+        try:
+            if self.guard.check_step(norm, epoch, first_batch):
+                scaler.step(self.optimizer)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+        finally:
+            scaler.update()
+            self.optimizer.zero_grad()
+            self.guard.start_window()
 
     def _validate(self, model, plots=False, verbose=False):
         import val
@@ -487,11 +537,7 @@ class Trainer:
     def _log_epoch(self, epoch, mloss, results, lr, names):
         keys = list(RESULT_KEYS) + [f"train/{n}" for n in names]
         vals = mloss[:3] + results + lr + mloss[3:]
-        file = self.save_dir / "results.csv"
-        n = len(keys) + 1
-        header = "" if file.exists() else (("%20s," * n % tuple(["epoch"] + keys)).rstrip(",") + "\n")
-        with open(file, "a") as f:
-            f.write(header + ("%20.5g," * n % tuple([epoch] + vals)).rstrip(",") + "\n")
+        append_row(self.save_dir / "results.csv", keys, epoch, vals)
         if self.tb is not None:
             for k, v in zip(keys, vals):
                 self.tb.add_scalar(k, v, epoch)
@@ -503,6 +549,11 @@ class Trainer:
         ckpt = make_checkpoint(self.model, ema=self.ema.ema, updates=self.ema.updates, optimizer=self.optimizer,
                                epoch=epoch, best_fitness=self.best_fitness, opt=opt_plain, hyp=self.hyp_orig,
                                plugin=self.plugin.state_dict() or None)
+        bad = nonfinite_entries(ckpt)
+        if bad:  # never save NaN/inf: last.pt and best.pt keep the last finite state
+            LOGGER.warning(f"WARNING: epoch {epoch}: checkpoint not saved, non-finite values in {', '.join(bad)}; "
+                           f"{self.wdir} keeps the last finite state")
+            return
         save_checkpoint(ckpt, self.last)
         if is_best:  # EMA in float16, no optimiser, no plugin modules
             save_checkpoint(make_checkpoint(self.ema.ema, epoch=-1, best_fitness=self.best_fitness, opt=opt_plain,

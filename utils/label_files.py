@@ -17,7 +17,7 @@ from utils.boxes import segments2boxes, xywh2xyxy, xyxy2xywh
 from utils.general import LOGGER, NUM_THREADS, ROOT
 from utils.image_io import IMG_FORMATS, decode_image, sniff_format
 
-CACHE_VERSION = "yolov5-kd-labels/1"
+CACHE_VERSION = "yolov5-kd-labels/2"
 COORD_TOLERANCE = 0.01  # normalised coords up to this far outside [0, 1] are clipped, beyond it dropped
 SHARED_DIR = (ROOT.parent / "shared").resolve()  # read-only data beside the checkout: never write caches there
 
@@ -168,12 +168,20 @@ def verify_image_label(im_file, lb_file):
     return out
 
 
-def get_hash(paths):
-    """MD5 of the paths and their total size: changes when files are added, removed or rewritten."""
-    size = sum(os.path.getsize(p) for p in paths if os.path.exists(p))
-    h = hashlib.md5(str(size).encode())
-    h.update("".join(paths).encode())
-    return h.hexdigest()
+def file_key(im_file, lb_file):
+    """What a cached record depends on: the image's size and mtime_ns, the label file's content (MD5).
+
+    Labels are hashed, not stat-ed, so an edit that keeps the byte count and the timestamp still counts."""
+    try:
+        st = os.stat(im_file)
+        im_key = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        im_key = None
+    try:
+        lb_key = hashlib.md5(Path(lb_file).read_bytes()).hexdigest()
+    except OSError:
+        lb_key = None
+    return [im_key, lb_key]
 
 
 def cache_path_for(label_files):
@@ -199,10 +207,10 @@ def writable(folder):
     return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
-def save_cache(path, records, hash_):
-    """Write the verified labels as JSON (safe to load, no pickle). Failure is a one-line note."""
-    data = {"version": CACHE_VERSION, "hash": hash_, "records": [
-        {"im_file": r["im_file"], "labels": r["labels"].tolist(), "shape": r["shape"],
+def save_cache(path, records):
+    """Write the verified labels with their per-file keys as JSON (no pickle). Failure is a one-line note."""
+    data = {"version": CACHE_VERSION, "records": [
+        {"im_file": r["im_file"], "key": r["key"], "labels": r["labels"].tolist(), "shape": r["shape"],
          "segments": [s.tolist() for s in r["segments"]], "status": r["status"], "msg": r["msg"]}
         for r in records]}
     path = Path(path)
@@ -225,26 +233,65 @@ def save_cache(path, records, hash_):
         return False
 
 
-def load_cache(path, hash_):
-    """Records from a cache file when it exists, is ours and matches the hash; else None."""
+def load_cache(path):
+    """{im_file: record} from a cache file of ours ({} when absent, foreign or damaged)."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("hash") != hash_:
-        return None
-    records = data["records"]
-    for r in records:
-        r["labels"] = np.array(r["labels"], dtype=np.float32).reshape(-1, 5)
-        r["segments"] = [np.array(s, dtype=np.float32).reshape(-1, 2) for s in r["segments"]]
-        r["shape"] = tuple(r["shape"]) if r["shape"] else None
-    return records
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            return {}
+        out = {}
+        for r in data["records"]:
+            r["labels"] = np.array(r["labels"], dtype=np.float32).reshape(-1, 5)
+            r["segments"] = [np.array(s, dtype=np.float32).reshape(-1, 2) for s in r["segments"]]
+            r["shape"] = tuple(r["shape"]) if r["shape"] else None
+            out[r["im_file"]] = r
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def verify_all(im_files, label_files, prefix=""):
     """Verify every image/label pair in a thread pool (OpenCV releases the GIL)."""
     with ThreadPoolExecutor(NUM_THREADS) as pool:
         return list(pool.map(verify_image_label, im_files, label_files))
+
+
+def cached_or_verified(im_files, label_files, cache_file):
+    """Records for the images: from the cache where a file's key still matches, else verified now.
+
+    Returns (records, number re-verified); the cache is rewritten when anything changed."""
+    cached = load_cache(cache_file)
+    keys = [file_key(f, lb) for f, lb in zip(im_files, label_files)]
+    records = [cached.get(f) if cached.get(f, {}).get("key") == k else None for f, k in zip(im_files, keys)]
+    stale = [i for i, r in enumerate(records) if r is None]
+    fresh = verify_all([im_files[i] for i in stale], [label_files[i] for i in stale])
+    for i, r in zip(stale, fresh):
+        r["key"] = keys[i]
+        records[i] = r
+    if stale or len(cached) != len(records):
+        save_cache(cache_file, records)
+    return records, len(stale)
+
+
+def drop_classes(record, nc):
+    """Drop rows with class id >= nc from one record (in place), adding the problem to its message."""
+    lb = record["labels"]
+    bad = lb[:, 0] >= nc
+    if not bad.any():
+        return
+    ids = sorted({int(c) for c in lb[bad, 0]})
+    note = f"class id(s) {ids} >= nc={nc}, {int(bad.sum())} row(s) dropped"
+    lb_file = img2label_paths([record["im_file"]])[0]
+    lines = record["msg"].split("\n") if record["msg"] else []
+    mine = [k for k, line in enumerate(lines) if line.startswith(f"{lb_file}: ")]
+    if mine:  # one message per file: join the label file's line
+        lines[mine[0]] += f"; {note}"
+    else:
+        lines.append(f"{lb_file}: {note}")
+    msg = "\n".join(lines)
+    segments = [s for s, b in zip(record["segments"], bad) if not b] if record["segments"] else []
+    record.update(labels=lb[~bad], segments=segments, msg=msg,
+                  status=record["status"] if len(lb[~bad]) else "empty")
 
 
 def summarize(records):
@@ -255,19 +302,20 @@ def summarize(records):
     return counts
 
 
-def load_labels(im_files, prefix="", max_messages=100):
-    """Verified records for the images (from the cache when valid), messages logged once.
+def load_labels(im_files, prefix="", max_messages=100, nc=None):
+    """Verified records for the images (from the cache where still valid), one message per file.
 
-    Raises with one clear message when no usable image is left.
+    Rows with class id >= nc are dropped when nc is given. Raises with one clear message when no
+    usable image is left.
     """
     label_files = img2label_paths(im_files)
-    hash_ = get_hash(label_files + im_files)
-    cache_file = cache_path_for(label_files)
-    records = load_cache(cache_file, hash_)
-    from_cache = records is not None
-    if not from_cache:
-        records = verify_all(im_files, label_files, prefix)
-        save_cache(cache_file, records, hash_)
+    records, n_checked = cached_or_verified(im_files, label_files, cache_path_for(label_files))
+    records = [dict(r) for r in records]  # the class filter below must not reach the cache
+    if nc is not None:
+        for r in records:
+            if r["shape"] is not None:
+                drop_classes(r, nc)
+    from_cache = "" if n_checked == len(records) else " (cache)" if not n_checked else f" (cache, {n_checked} re-checked)"
     msgs = [r["msg"] for r in records if r["msg"]]
     for m in msgs[:max_messages]:
         LOGGER.warning(f"{prefix}WARNING: {m}")
@@ -275,7 +323,7 @@ def load_labels(im_files, prefix="", max_messages=100):
         LOGGER.warning(f"{prefix}WARNING: ... {len(msgs) - max_messages} more file(s) with problems")
     c = summarize(records)
     where = Path(label_files[0]).parent if label_files else ""
-    LOGGER.info(f"{prefix}Scanning {where}{' (cache)' if from_cache else ''}: {c['found']} found, "
+    LOGGER.info(f"{prefix}Scanning {where}{from_cache}: {c['found']} found, "
                 f"{c['missing']} missing, {c['empty']} empty, {c['corrupt']} corrupt")
     good = [r for r in records if r["status"] != "corrupt"]
     if not good:
