@@ -16,38 +16,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from utils.distill.config import KDConfig, add_kd_args  # noqa: E402
 from utils.general import LOGGER, ROOT as REPO  # noqa: E402
-
-# Defaults from benchmarks/kd_experiment.py (NEU-DET, img 224, 30 epochs; README "Results"): output KD
-# l2 beats the baseline student; per-loss feature weights are in utils/distill/distiller.DEFAULT_BETAS.
-DEFAULT_KD_LOSS = "l2"
-DEFAULT_FEAT = ["none"]
-
-
-def add_kd_args(parser):
-    """Add the distillation flags to train.py's parser (in place) and return it."""
-    g = parser.add_argument_group("knowledge distillation")
-    g.add_argument("--teacher_weight", "--teacher-weight", dest="teacher_weight", type=str, default=None,
-                   help="teacher checkpoint (ours or upstream YOLOv5 .pt); required")
-    g.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True, help="output distillation on/off")
-    g.add_argument("--kd_loss_selected", "--kd-loss-selected", dest="kd_loss_selected", default=DEFAULT_KD_LOSS,
-                   choices=("l2", "kl", "bce"), help="class distillation loss")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (kl, cwd)")
-    g.add_argument("--alpha", type=float, default=1.0, help="weight of the output distillation loss")
-    g.add_argument("--beta", nargs="+", default=[],
-                   help="feature loss weights: a number for all, or name=value per loss (at=1 fgfi=0.001); "
-                        "default at/wat/ft 1, fgfi/cwd 0.001")
-    g.add_argument("--feat", nargs="+", default=list(DEFAULT_FEAT),
-                   help="feature losses: one or several of at wat ft fgfi cwd, or none")
-    g.add_argument("--ratio", type=float, default=0.25, help="background weight of the masked AT (wat)")
-    g.add_argument("--kd-layers", "--kd_layers", dest="kd_layers", type=str, default=None,
-                   help="explicit teacher:student layer pairs '17:17,20:20' (default: automatic by stride/role)")
-    parser.set_defaults(project=str(REPO / "runs" / "kd"))
-    return parser
+from utils.run_dirs import latest_run  # noqa: E402
 
 
 def build_parser():
-    return add_kd_args(train.build_parser())
+    """train.py's flags, the distillation flags (utils.distill.config.add_kd_args) and runs/kd as --project."""
+    parser = add_kd_args(train.build_parser())
+    parser.set_defaults(project=str(REPO / "runs" / "kd"))
+    return parser
 
 
 def check_teacher(path):
@@ -68,35 +46,29 @@ def parse_opt(argv=None):
     return build_parser().parse_args(argv)
 
 
-KD_KEYS = ("teacher_weight", "kd", "kd_loss_selected", "temperature", "alpha", "beta", "feat", "ratio", "kd_layers")
-
-
-def _resume_kd_opts(opt):
-    """On --resume, take the KD options of the interrupted run from its last.pt."""
+def kd_config(opt):
+    """The run's KDConfig: from the flags, or on --resume from the interrupted run's last.pt `opt`
+    (opt.resume then names that file)."""
+    if not getattr(opt, "resume", False):
+        return KDConfig.from_opt(opt)
     from utils.checkpoint import load_checkpoint
 
-    last = opt.resume if isinstance(opt.resume, str) else train._latest_run(opt.project)
-    saved = load_checkpoint(last).get("opt") or {}
-    for k in KD_KEYS:
-        if k in saved:
-            setattr(opt, k, saved[k])
+    last = opt.resume if isinstance(opt.resume, str) else latest_run(opt.project)
     opt.resume = str(last)
-    return opt
+    return KDConfig.resumed(opt, load_checkpoint(last).get("opt") or {})
 
 
 def main(opt):
     """Validate the KD options, then run train.main with the Distiller plug-in."""
-    from utils.distill.distiller import Distiller, parse_betas, parse_feats
+    from utils.distill.distiller import Distiller
 
-    if getattr(opt, "resume", False):
-        opt = _resume_kd_opts(opt)
-    check_teacher(opt.teacher_weight)
+    cfg = kd_config(opt)  # a bad --feat / --beta fails here, before any data is read
+    check_teacher(cfg.teacher_weight)
     if not getattr(opt, "noautoanchor", False):
         LOGGER.info("train_kd: AutoAnchor off (--noautoanchor): the student keeps the teacher's anchors")
         opt.noautoanchor = True
-    opt.feat = list(parse_feats(opt.feat))
-    parse_betas(opt.beta, opt.feat)  # a bad --beta fails here, before any data is read
-    return train.main(opt, plugin=Distiller(opt))
+    cfg.store(opt)
+    return train.main(opt, plugin=Distiller(cfg))
 
 
 if __name__ == "__main__":

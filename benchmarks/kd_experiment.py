@@ -182,6 +182,7 @@ def overhead(a):
     from models.yolo import DetectionModel
     from types import SimpleNamespace
     from utils.checkpoint import load_model
+    from utils.distill.config import KDConfig
     from utils.distill.distiller import Distiller
     from utils.general import yaml_load
     from utils.loss import ComputeLoss, scale_loss_gains
@@ -243,10 +244,8 @@ def overhead(a):
     res["teacher_forward_s"] = timed(teacher_fwd)
     for label, feats in (("kd_output", []), ("kd_output+fgfi", ["fgfi"]), ("kd_output+at", ["at"]),
                          ("kd_output+cwd", ["cwd"])):
-        opt = SimpleNamespace(teacher_weight=a.teacher, kd=True, kd_loss_selected="l2", temperature=1.0, alpha=1.0,
-                              beta=None, feat=feats, ratio=0.25, kd_layers=None, cfg=a.student_cfg, weights="")
-        d = Distiller(opt)
-        engine = SimpleNamespace(model=student, hyp=hyp, amp=amp)
+        d = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(feats)))
+        engine = SimpleNamespace(model=student, hyp=hyp, amp=amp, opt=SimpleNamespace(cfg=a.student_cfg, weights=""))
         d.setup(engine)
         d.on_train_start(engine)
         try:

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.distill.features import FEATURE_LOSSES  # noqa: E402
+
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "upstream_yolov5s_neu224.pt"
-FEATS = ("at", "wat", "ft", "fgfi", "cwd")
+FEATS = tuple(FEATURE_LOSSES)
 
 
 def parse_args(argv=None):
@@ -57,6 +59,7 @@ def build(a, device):
     from utils.checkpoint import load_model
     from utils.dataloaders import create_dataloader
     from utils.dataset_yaml import check_dataset
+    from utils.distill.config import KDConfig
     from utils.distill.distiller import Distiller
     from utils.general import yaml_load
     from utils.loss import ComputeLoss, scale_loss_gains
@@ -73,11 +76,9 @@ def build(a, device):
     data = check_dataset(a.data)
     loader, _ = create_dataloader(data["train"], a.img, a.batch, int(student.stride.max()), hyp=student.hyp,
                                   augment=True, workers=0, shuffle=True, seed=a.seed)
-    opt = SimpleNamespace(teacher_weight=a.teacher, kd=True, kd_loss_selected="l2", temperature=1.0, alpha=1.0,
-                          beta=1.0, feat=list(a.feat), ratio=0.25, kd_layers=None, cfg=a.student_cfg,
-                          weights=a.student_weights)
-    distiller = Distiller(opt)
-    engine = SimpleNamespace(model=student, hyp=student.hyp, amp=False)
+    distiller = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(a.feat)))  # loss_terms: before any beta
+    engine = SimpleNamespace(model=student, hyp=student.hyp, amp=False,
+                             opt=SimpleNamespace(cfg=a.student_cfg, weights=a.student_weights))
     distiller.setup(engine)
     distiller.on_train_start(engine)
     return student, ComputeLoss(student), distiller, loader

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from utils.distill import losses as L
+from utils.distill import losses
 from utils.distill.masks import fgfi_mask, gt_cell_mask, wat_mask
 
 GAINS = {"giou": 0.05, "kd": 1.0, "obj": 0.3, "cls": 0.2}
@@ -28,13 +28,13 @@ def _assert_positive_with_grad(fn, s, *rest):
     assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", L.KD_CLS_TYPES)
+@pytest.mark.parametrize("kind", losses.KD_CLS_TYPES)
 def test_output_kd_zero_when_equal_positive_otherwise(kind):
     t = _preds(0)
-    total, items = L.output_kd_loss([x.clone() for x in t], t, GAINS, nc=3, kind=kind, temperature=2.0)
+    total, items = losses.output_kd_loss([x.clone() for x in t], t, GAINS, nc=3, kind=kind, temperature=2.0)
     assert total.abs().item() < 1e-6 and items.abs().max().item() < 1e-6
     s = [x.clone().requires_grad_(True) for x in _preds(1)]
-    total, items = L.output_kd_loss(s, t, GAINS, nc=3, kind=kind, temperature=2.0)
+    total, items = losses.output_kd_loss(s, t, GAINS, nc=3, kind=kind, temperature=2.0)
     assert total.item() > 0 and (items > 0).all()
     total.backward()
     assert all(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0 for x in s)
@@ -42,14 +42,14 @@ def test_output_kd_zero_when_equal_positive_otherwise(kind):
 
 def test_output_kd_scaling_and_single_class():
     t, s = _preds(0), _preds(1)
-    total, items = L.output_kd_loss(s, t, GAINS, nc=3)
+    total, items = losses.output_kd_loss(s, t, GAINS, nc=3)
     expect = 2 * GAINS["kd"] * (GAINS["giou"] * items[0] + GAINS["obj"] * items[1] + GAINS["cls"] * items[2])
     assert math.isclose(total.item(), expect.item(), rel_tol=1e-5)
-    doubled, _ = L.output_kd_loss(s, t, {**GAINS, "kd": 2.0}, nc=3)
+    doubled, _ = losses.output_kd_loss(s, t, {**GAINS, "kd": 2.0}, nc=3)
     assert math.isclose(doubled.item(), 2 * total.item(), rel_tol=1e-5)
     # nc == 1: no class term even though the class logits differ
     t1, s1 = _preds(0, nc=1), _preds(1, nc=1)
-    _, items1 = L.output_kd_loss(s1, t1, GAINS, nc=1)
+    _, items1 = losses.output_kd_loss(s1, t1, GAINS, nc=1)
     assert items1[2].item() == 0
 
 
@@ -61,18 +61,18 @@ def test_output_kd_weighted_by_teacher_objectness():
     t_low[0][0, 0, 0, 0, 4] = -20.0  # teacher says background there
     s_low = [x.clone() for x in s]
     s_low[0][0, 0, 0, 0, 4] = -20.0
-    _, hi = L.output_kd_loss(s, t, GAINS, nc=3)
-    _, lo = L.output_kd_loss(s_low, t_low, GAINS, nc=3)
+    _, hi = losses.output_kd_loss(s, t, GAINS, nc=3)
+    _, lo = losses.output_kd_loss(s_low, t_low, GAINS, nc=3)
     assert lo[0] < hi[0] * 1e-3
 
 
 def test_kl_temperature_and_bad_kind():
     t, s = _preds(0), _preds(1)
-    a, _ = L.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=1.0)
-    b, _ = L.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=4.0)
+    a, _ = losses.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=1.0)
+    b, _ = losses.output_kd_loss(s, t, GAINS, nc=3, kind="kl", temperature=4.0)
     assert not math.isclose(a.item(), b.item(), rel_tol=1e-3)
     with pytest.raises(ValueError, match="kd_loss_selected"):
-        L.output_kd_loss(s, t, GAINS, nc=3, kind="mse")
+        losses.output_kd_loss(s, t, GAINS, nc=3, kind="mse")
 
 
 @pytest.mark.parametrize("name", ["at", "ft", "fgfi", "cwd", "wat"])
@@ -80,22 +80,22 @@ def test_feature_losses_zero_when_equal_positive_otherwise(name):
     f_t = _feat(0)
     mask = torch.zeros(2, 6, 6)
     mask[:, 2:4, 1:5] = 1
-    fns = {"at": lambda s, t: L.at_loss(s, t), "ft": L.ft_loss, "cwd": lambda s, t: L.cwd_loss(s, t, 2.0),
-           "fgfi": lambda s, t: L.fgfi_loss(s, t, mask), "wat": lambda s, t: L.wat_loss(s, t, mask * 0.5 + 0.25)}
+    fns = {"at": lambda s, t: losses.at_loss(s, t), "ft": losses.ft_loss, "cwd": lambda s, t: losses.cwd_loss(s, t, 2.0),
+           "fgfi": lambda s, t: losses.fgfi_loss(s, t, mask), "wat": lambda s, t: losses.wat_loss(s, t, mask * 0.5 + 0.25)}
     fn = fns[name]
     assert fn(f_t.clone(), f_t).abs().item() < 1e-7
     _assert_positive_with_grad(fn, _feat(1), f_t)
 
 
 def test_at_allows_different_channels_but_not_sizes():
-    assert L.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 16, 6, 6))).item() > 0
+    assert losses.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 16, 6, 6))).item() > 0
     with pytest.raises(ValueError, match="do not pair"):
-        L.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 4, 3, 3)))
+        losses.at_loss(_feat(1, (2, 4, 6, 6)), _feat(0, (2, 4, 3, 3)))
 
 
 def test_fgfi_empty_mask_is_zero_not_nan():
     s = _feat(1).requires_grad_(True)
-    loss = L.fgfi_loss(s, _feat(0), torch.zeros(2, 6, 6))
+    loss = losses.fgfi_loss(s, _feat(0), torch.zeros(2, 6, 6))
     assert loss.item() == 0 and not torch.isnan(loss)
     loss.backward()
     assert torch.isfinite(s.grad).all()
@@ -106,7 +106,7 @@ def test_fgfi_normalised_by_positive_cells():
     f_s = torch.ones(1, 4, 4, 4)
     mask = torch.zeros(1, 4, 4)
     mask[0, 0, :3] = 1  # 3 cells x 4 channels, each squared error 1
-    assert math.isclose(L.fgfi_loss(f_s, f_t, mask).item(), 12 / (2 * 12))
+    assert math.isclose(losses.fgfi_loss(f_s, f_t, mask).item(), 12 / (2 * 12))
 
 
 # ------------------------------------------------------------------ masks

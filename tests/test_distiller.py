@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils.distill.distiller import DEFAULT_BETAS, Distiller, parse_betas, parse_feats
+from utils.distill.config import KDConfig, default_betas, parse_betas, parse_feats
+from utils.distill.distiller import Distiller
 from utils.distill.pairing import pair_layers, parse_kd_layers, role_layers
 from utils.distill.taps import FeatureTaps, hook_count
 from utils.general import ROOT, yaml_load
@@ -32,16 +33,19 @@ def save_ours(model, path):
     return str(path)
 
 
-def make_opt(teacher_file, **kw):
-    base = dict(teacher_weight=teacher_file, kd=True, kd_loss_selected="l2", temperature=2.0, alpha=1.0,
-                beta=1.0, feat=[], ratio=0.25, kd_layers=None, cfg="student.yaml", weights="")
-    base.update(kw)
-    return SimpleNamespace(**base)
+def make_cfg(teacher_file, feat=(), beta=1.0, **kw):
+    """KDConfig with temperature 2 and every selected feature loss at weight `beta` unless betas are given."""
+    kw.setdefault("betas", {name: beta for name in feat})
+    return KDConfig(teacher_weight=teacher_file, feat=tuple(feat), temperature=2.0, **kw)
+
+
+def fake_engine(student, cfg="student.yaml"):
+    return SimpleNamespace(model=student, hyp=student.hyp, amp=False, opt=SimpleNamespace(cfg=cfg, weights=""))
 
 
 def make_distiller(tmp_path, student, teacher, **kw):
-    d = Distiller(make_opt(save_ours(teacher, tmp_path / "teacher.pt"), **kw))
-    engine = SimpleNamespace(model=student, hyp=student.hyp, amp=False)
+    d = Distiller(make_cfg(save_ours(teacher, tmp_path / "teacher.pt"), **kw))
+    engine = fake_engine(student)
     d.setup(engine)
     d.on_train_start(engine)
     return d
@@ -103,6 +107,8 @@ def test_parse_feats():
 
 
 def test_parse_betas():
+    DEFAULT_BETAS = default_betas()
+    assert DEFAULT_BETAS == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 1e-3, "cwd": 1e-3}
     assert parse_betas([], ("at", "fgfi", "cwd")) == {k: DEFAULT_BETAS[k] for k in ("at", "fgfi", "cwd")}
     assert parse_betas(["0.5"], ("at", "fgfi")) == {"at": 0.5, "fgfi": 0.5}
     assert parse_betas(["at=2", "0.1"], ("at", "cwd")) == {"at": 2.0, "cwd": 0.1}  # a number sets the rest
@@ -115,7 +121,7 @@ def test_parse_betas():
 
 def test_step_loss_weights_each_term(tmp_path):
     teacher, student = tiny_model(seed=1), tiny_model(seed=2).eval()
-    d = make_distiller(tmp_path, student, teacher, feat=["at", "ft"], alpha=3.0, beta=["at=2", "0.5"])
+    d = make_distiller(tmp_path, student, teacher, feat=["at", "ft"], alpha=3.0, betas={"at": 2.0, "ft": 0.5})
     imgs, targets = batch()
     _, raw = student(imgs)
     terms = d.loss_terms(imgs, targets, raw)
@@ -192,9 +198,9 @@ def test_teacher_frozen_and_state_roundtrip(tmp_path):
             p.add_(1.0)
     state = d.state_dict()
     d.teardown()
-    d2 = Distiller(make_opt(d.teacher_file, feat=["ft"]))
+    d2 = Distiller(make_cfg(d.teacher_file, feat=["ft"]))
     d2.load_state_dict(state)  # before setup, as on --resume
-    d2.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+    d2.setup(fake_engine(student))
     for a, b in zip(d.adapters.state_dict().values(), d2.adapters.state_dict().values()):
         assert torch.equal(a, b)
     d2.teardown()
@@ -203,9 +209,9 @@ def test_teacher_frozen_and_state_roundtrip(tmp_path):
 def test_mismatch_error_names_both_files(tmp_path):
     teacher, student = tiny_model(nc=4), tiny_model(nc=3)
     tfile = save_ours(teacher, tmp_path / "teacher_nc4.pt")
-    d = Distiller(make_opt(tfile, cfg="my_student.yaml"))
+    d = Distiller(make_cfg(tfile))
     with pytest.raises(ValueError) as e:
-        d.setup(SimpleNamespace(model=student, hyp=student.hyp, amp=False))
+        d.setup(fake_engine(student, cfg="my_student.yaml"))
     msg = str(e.value)
     assert "teacher_nc4.pt" in msg and "my_student.yaml" in msg and "nc 4 vs 3" in msg
     assert hook_count(student) == 0

@@ -6,59 +6,14 @@ from utils.engine import Plugin
 from utils.general import LOGGER, colorstr
 from utils.torch_utils import de_parallel
 
-from . import losses as L
 from .adapters import AdapterSet
-from .masks import fgfi_mask, wat_mask
+from .config import KDConfig
+from .features import FEATURE_LOSSES, FeatureContext
+from .losses import output_kd_loss
 from .pairing import pair_layers
 from .taps import FeatureTaps
 
-FEATURES = ("at", "wat", "ft", "fgfi", "cwd")
-ADAPTED = ("ft", "fgfi", "cwd")  # features compared after a student->teacher adapter
-NECK_ONLY = ("ft", "fgfi", "cwd")  # default: the neck layers feeding Detect
 KD_HYP_DEFAULTS = {"giou": 0.05, "kd": 1.0}
-# Default --beta per feature loss. On NEU-DET (fixture teacher, fresh yolov5n, img 224, batch 16) the
-# student-gradient norm of each term at beta 1 is: at 9.3, wat 4.2, ft 0.7, fgfi 950, cwd 930, against
-# 12-16 for the detection loss (benchmarks/kd_grad_balance.py). FGFI and CWD compare raw feature values,
-# so at beta 1 they swamp detection (and the gradient clip of 10); 1e-3 puts them near 1/10 of it.
-DEFAULT_BETAS = {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 1e-3, "cwd": 1e-3}
-
-
-def parse_feats(feat):
-    """--feat value(s) -> tuple of feature-loss names (validated); 'none' or empty -> ()."""
-    if feat is None:
-        return ()
-    items = feat if isinstance(feat, (list, tuple)) else [feat]
-    names = [n.strip().lower() for item in items for n in str(item).replace("+", ",").split(",") if n.strip()]
-    names = [n for n in names if n != "none"]
-    bad = [n for n in names if n not in FEATURES]
-    if bad:
-        raise ValueError(f"--feat: unknown feature loss {bad}; choose from {FEATURES} or none")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_betas(beta, feats):
-    """--beta value(s) -> {feature loss: weight}. A bare number sets every loss not named;
-    'name=value' items (e.g. 'at=1 fgfi=0.001') set one loss each; the rest take DEFAULT_BETAS."""
-    items = beta if isinstance(beta, (list, tuple)) else [beta]
-    items = [t for item in items if item is not None for t in str(item).replace(",", " ").split()]
-    default, named = None, {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            if sep:
-                key = key.strip().lower()
-                if key not in FEATURES:
-                    raise ValueError
-                named[key] = float(value)
-            else:
-                default = float(item)
-        except ValueError:
-            raise ValueError(f"--beta: cannot read {item!r}; give a number or name=number with a name "
-                             f"from {FEATURES}") from None
-    unused = sorted(set(named) - set(feats))
-    if unused:
-        LOGGER.warning(f"--beta: {unused} set but not selected with --feat {list(feats) or ['none']}")
-    return {name: named.get(name, DEFAULT_BETAS[name] if default is None else default) for name in feats}
 
 
 def _teacher_raw(out):
@@ -75,19 +30,11 @@ class Distiller(Plugin):
     and one column per selected feature loss, each as it enters the total loss.
     """
 
-    def __init__(self, opt):
-        self.opt = opt
-        self.kd_on = bool(getattr(opt, "kd", True))
-        self.kd_type = getattr(opt, "kd_loss_selected", "l2")
-        if self.kd_type not in L.KD_CLS_TYPES:
-            raise ValueError(f"--kd_loss_selected must be one of {L.KD_CLS_TYPES}, got {self.kd_type!r}")
-        self.temperature = float(getattr(opt, "temperature", 1.0))
-        self.alpha = float(getattr(opt, "alpha", 1.0))
-        self.ratio = float(getattr(opt, "ratio", 0.25))
-        self.feats = parse_feats(getattr(opt, "feat", None))
-        self.betas = parse_betas(getattr(opt, "beta", 1.0), self.feats)
-        self.kd_layers = getattr(opt, "kd_layers", None) or None
-        self.loss_names = (("kd",) if self.kd_on else ()) + self.feats
+    def __init__(self, cfg: KDConfig):
+        if not isinstance(cfg, KDConfig):
+            raise TypeError(f"Distiller takes a KDConfig (KDConfig.from_opt(opt)), got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.loss_names = (("kd",) if cfg.kd else ()) + cfg.feat
         self.teacher = self.adapters = None
         self.t_taps = self.s_taps = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
@@ -97,13 +44,13 @@ class Distiller(Plugin):
     def setup(self, engine):
         from utils.checkpoint import load_model
 
-        opt = self.opt
+        cfg, run_opt = self.cfg, getattr(engine, "opt", None)
         self.engine = engine
         student = de_parallel(engine.model)
         self.student = student
         device = next(student.parameters()).device
-        self.teacher_file = str(opt.teacher_weight)
-        self.student_file = str(getattr(opt, "weights", "") or getattr(opt, "cfg", "") or "student")
+        self.teacher_file = str(cfg.teacher_weight)
+        self.student_file = str(getattr(run_opt, "weights", "") or getattr(run_opt, "cfg", "") or "student")
         teacher = load_model(self.teacher_file, device=device)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
@@ -112,7 +59,8 @@ class Distiller(Plugin):
         self._read_hyp()
         self.nc = int(student.nc)
         self._build_pairs()
-        specs = {(s, c_s, c_t) for name in ADAPTED if name in self.feats for _, s, _, c_t, c_s in self.pairs[name]}
+        specs = {(s, c_s, c_t) for name in cfg.feat if FEATURE_LOSSES[name].adapter
+                 for _, s, _, c_t, c_s in self.pairs[name]}
         self.adapters = AdapterSet(sorted(specs)).to(device) if specs else None
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
@@ -122,13 +70,13 @@ class Distiller(Plugin):
         if amp:
             teacher.half()  # same precision as the autocast student forward; BN stays frozen (eval)
         LOGGER.info(f"{colorstr('distill:')} teacher {self.teacher_file} -> student {self.student_file}; "
-                    f"kd={'off' if not self.kd_on else self.kd_type} alpha={self.alpha} beta={self.betas or '-'} "
-                    f"feat={','.join(self.feats) or 'none'} pairs={ {k: [(t, s) for t, s, *_ in v] for k, v in self.pairs.items()} }")
+                    f"kd={'off' if not cfg.kd else cfg.kd_loss_selected} alpha={cfg.alpha} beta={cfg.betas or '-'} "
+                    f"feat={','.join(cfg.feat) or 'none'} pairs={ {k: [(t, s) for t, s, *_ in v] for k, v in self.pairs.items()} }")
 
     def _build_pairs(self):
-        for name in self.feats:
-            roles = ("neck",) if name in NECK_ONLY else ("backbone", "neck")
-            pairs = pair_layers(self.teacher, self.student, roles=roles, override=self.kd_layers)
+        for name in self.cfg.feat:
+            pairs = pair_layers(self.teacher, self.student, roles=FEATURE_LOSSES[name].roles,
+                                override=self.cfg.kd_layers)
             if not pairs:
                 raise ValueError(f"--feat {name}: no teacher/student layers share a stride; use --kd-layers t:s")
             self.pairs[name] = pairs
@@ -196,7 +144,7 @@ class Distiller(Plugin):
         total = torch.zeros((), device=imgs.device)
         items = {}
         for name, value in self.loss_terms(imgs, targets, preds).items():
-            weighted = (self.alpha if name == "kd" else self.betas[name]) * value
+            weighted = (self.cfg.alpha if name == "kd" else self.cfg.betas[name]) * value
             total = total + weighted
             items[name] = (weighted / bs).detach()
         return total, items
@@ -211,13 +159,15 @@ class Distiller(Plugin):
         with torch.no_grad():
             t_raw = _teacher_raw(self.teacher(imgs_t))
         bs = imgs.shape[0]
+        cfg = self.cfg
         terms = {}
-        if self.kd_on:
-            terms["kd"], _ = L.output_kd_loss(list(preds), t_raw, self.hyp, self.nc, self.kd_type, self.temperature)
-        for name in self.feats:
+        if cfg.kd:
+            terms["kd"], _ = output_kd_loss(list(preds), t_raw, self.hyp, self.nc, cfg.kd_loss_selected,
+                                            cfg.temperature)
+        for name in cfg.feat:
             term = torch.zeros((), device=imgs.device)
             for t_i, s_i, stride, _, _ in self.pairs[name]:
-                term = term + self._feature_term(name, t_i, s_i, stride, targets, bs)
+                term = term + self._feature_term(FEATURE_LOSSES[name], t_i, s_i, stride, targets, bs)
             terms[name] = bs * term
         if self.t_taps:
             self.t_taps.clear()
@@ -225,22 +175,13 @@ class Distiller(Plugin):
             self.s_taps.clear()
         return terms
 
-    def _feature_term(self, name, t_i, s_i, stride, targets, bs):
+    def _feature_term(self, spec, t_i, s_i, stride, targets, bs):
+        """One registered feature loss on one teacher/student layer pair (unweighted)."""
         f_t, f_s = self.t_taps[t_i].float(), self.s_taps[s_i]
-        h, w = f_t.shape[-2:]
-        if name == "at":
-            return L.at_loss(f_s, f_t)
-        if name == "wat":
-            return L.wat_loss(f_s, f_t, wat_mask(targets, bs, h, w, self.ratio))
-        f_a = self.adapters.apply_to(s_i, f_s).float()
-        if name == "ft":
-            return L.ft_loss(f_a, f_t)
-        if name == "cwd":
-            return L.cwd_loss(f_a, f_t, self.temperature)
-        det = self.teacher.model[-1]
-        level = [int(round(x)) for x in det.stride.tolist()].index(int(round(stride)))
-        anchors_px = det.anchors[level].float() * det.stride[level].float()
-        return L.fgfi_loss(f_a, f_t, fgfi_mask(targets, bs, h, w, stride, anchors_px))
+        if spec.adapter:
+            f_s = self.adapters.apply_to(s_i, f_s).float()
+        ctx = FeatureContext(targets, bs, stride, self.teacher.model[-1], self.cfg.temperature, self.cfg.options)
+        return spec.fn(f_s, f_t, ctx)
 
     # ------------------------------------------------------------------ lifecycle
     def teardown(self, engine=None):
@@ -251,7 +192,7 @@ class Distiller(Plugin):
 
     def state_dict(self):
         return {"adapters": self.adapters.state_dict() if self.adapters is not None else None,
-                "feats": list(self.feats), "kd_type": self.kd_type}
+                "feats": list(self.cfg.feat), "kd_type": self.cfg.kd_loss_selected}
 
     def load_state_dict(self, state):
         if not state:

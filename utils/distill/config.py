@@ -1,0 +1,144 @@
+"""The knowledge-distillation options: one typed KDConfig, its CLI flags, and how it is built
+from parsed flags or from the `opt` stored in a checkpoint (--resume)."""
+
+import argparse
+from dataclasses import dataclass, field, fields
+
+from utils.general import LOGGER
+
+from .features import FEATURE_LOSSES, feature_options
+from .losses import KD_CLS_TYPES
+
+
+def parse_feats(feat):
+    """--feat value(s) -> tuple of feature-loss names (validated); 'none' or empty -> ()."""
+    if feat is None:
+        return ()
+    items = feat if isinstance(feat, (list, tuple)) else [feat]
+    names = [n.strip().lower() for item in items for n in str(item).replace("+", ",").split(",") if n.strip()]
+    names = [n for n in names if n != "none"]
+    bad = [n for n in names if n not in FEATURE_LOSSES]
+    if bad:
+        raise ValueError(f"--feat: unknown feature loss {bad}; choose from {tuple(FEATURE_LOSSES)} or none")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_betas(beta, feats):
+    """--beta value(s) -> {feature loss: weight}. A bare number sets every loss not named;
+    'name=value' items (e.g. 'at=1 fgfi=0.001') set one loss each; the rest take their registered beta."""
+    items = beta if isinstance(beta, (list, tuple)) else [beta]
+    items = [t for item in items if item is not None for t in str(item).replace(",", " ").split()]
+    default, named = None, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if sep:
+                key = key.strip().lower()
+                if key not in FEATURE_LOSSES:
+                    raise ValueError
+                named[key] = float(value)
+            else:
+                default = float(item)
+        except ValueError:
+            raise ValueError(f"--beta: cannot read {item!r}; give a number or name=number with a name "
+                             f"from {tuple(FEATURE_LOSSES)}") from None
+    unused = sorted(set(named) - set(feats))
+    if unused:
+        LOGGER.warning(f"--beta: {unused} set but not selected with --feat {list(feats) or ['none']}")
+    return {name: named.get(name, FEATURE_LOSSES[name].beta if default is None else default) for name in feats}
+
+
+def default_betas():
+    """{feature loss: its registered default beta}."""
+    return {name: spec.beta for name, spec in FEATURE_LOSSES.items()}
+
+
+def _default_options():
+    return {o.name: o.default for o in feature_options()}
+
+
+@dataclass
+class KDConfig:
+    """Every distillation option, typed and validated (SPEC.md section 4).
+
+    Build it with KDConfig(...) in code, KDConfig.from_opt(parsed flags) or KDConfig.resumed(opt, saved).
+    betas lists the weight of each selected feature loss (registered defaults for the ones not given);
+    options holds the FeatureOption values of the registered losses (e.g. 'bg_weight').
+    """
+
+    teacher_weight: str | None = None
+    kd: bool = True  # output distillation on/off
+    kd_loss_selected: str = "l2"  # class term of output KD: l2, kl or bce
+    temperature: float = 1.0  # softmax temperature (kl, cwd)
+    alpha: float = 1.0  # weight of output KD
+    feat: tuple = ()  # selected feature losses, names in FEATURE_LOSSES
+    betas: dict = field(default_factory=dict)
+    kd_layers: str | None = None  # explicit 'teacher:student' layer pairs, else automatic
+    options: dict = field(default_factory=_default_options)
+
+    def __post_init__(self):
+        if self.kd_loss_selected not in KD_CLS_TYPES:
+            raise ValueError(f"--kd_loss_selected must be one of {KD_CLS_TYPES}, got {self.kd_loss_selected!r}")
+        self.feat = parse_feats(self.feat)
+        unknown = sorted(set(self.betas) - set(self.feat))
+        if unknown:
+            raise ValueError(f"KDConfig: betas for {unknown}, which are not in feat {list(self.feat)}")
+        self.betas = {name: float(self.betas.get(name, FEATURE_LOSSES[name].beta)) for name in self.feat}
+        self.options = {**_default_options(), **{k: float(v) for k, v in self.options.items()}}
+        self.temperature, self.alpha = float(self.temperature), float(self.alpha)
+        self.kd_layers = self.kd_layers or None
+
+    @classmethod
+    def from_opt(cls, opt):
+        """From parsed train_kd.py flags (a Namespace) or a checkpoint's `opt` dict; --beta is read here, once."""
+        d = dict(vars(opt) if isinstance(opt, argparse.Namespace) else opt)
+        plain = {f.name: d[f.name] for f in fields(cls) if f.name not in ("betas", "options") and f.name in d}
+        feat = parse_feats(d.get("feat"))
+        options = {}
+        for o in feature_options():
+            keys = [k for k in (o.name, *o.old_keys) if d.get(k) is not None]
+            if keys:
+                options[o.name] = d[keys[0]]
+        return cls(**{**plain, "feat": feat}, betas=parse_betas(d.get("beta"), feat), options=options)
+
+    @classmethod
+    def resumed(cls, opt, saved):
+        """The options of an interrupted run: those in its checkpoint `opt` (older key names read too),
+        the rest from the current flags."""
+        current = dict(vars(opt) if isinstance(opt, argparse.Namespace) else opt)
+        for o in feature_options():  # a saved old key must win over the current flag's default
+            if o.name not in saved and any(k in saved for k in o.old_keys):
+                current.pop(o.name, None)
+        return cls.from_opt({**current, **saved})
+
+    def store(self, opt):
+        """Write the canonical feat list and option values into a Namespace (saved in last.pt as `opt`)."""
+        opt.feat = list(self.feat)
+        for name, value in self.options.items():
+            setattr(opt, name, value)
+        return opt
+
+
+def add_kd_args(parser):
+    """Add the distillation flags to a parser (train.py's, in train_kd.py) and return it."""
+    d = KDConfig()
+    g = parser.add_argument_group("knowledge distillation")
+    g.add_argument("--teacher_weight", "--teacher-weight", dest="teacher_weight", type=str, default=None,
+                   help="teacher checkpoint (ours or upstream YOLOv5 .pt); required")
+    g.add_argument("--kd", action=argparse.BooleanOptionalAction, default=d.kd, help="output distillation on/off")
+    g.add_argument("--kd_loss_selected", "--kd-loss-selected", dest="kd_loss_selected", default=d.kd_loss_selected,
+                   choices=KD_CLS_TYPES, help="class distillation loss")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="softmax temperature (kl, cwd)")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="weight of the output distillation loss")
+    defaults = ", ".join(f"{n} {b:g}" for n, b in default_betas().items())
+    g.add_argument("--beta", nargs="+", default=[],
+                   help=f"feature loss weights: a number for all, or name=value per loss (at=1 fgfi=0.001); "
+                        f"default {defaults}")
+    losses = ", ".join(f"{n} ({spec.help})" for n, spec in FEATURE_LOSSES.items())
+    g.add_argument("--feat", nargs="+", default=["none"], help=f"feature losses: one or several of {losses}, or none")
+    for o in feature_options():
+        g.add_argument(f"--{o.name.replace('_', '-')}", *o.flags, dest=o.name, type=float, default=o.default,
+                       help=o.help)
+    g.add_argument("--kd-layers", "--kd_layers", dest="kd_layers", type=str, default=None,
+                   help="explicit teacher:student layer pairs '17:17,20:20' (default: automatic by stride/role)")
+    return parser

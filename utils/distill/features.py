@@ -1,0 +1,137 @@
+"""Feature-distillation losses as the Distiller uses them: a registry and the built-in losses.
+
+A feature loss is one function decorated with `@feature_loss(...)`. The decorator declares
+everything the rest of the code needs (the --feat choice, the default --beta, whether the
+student feature goes through a trainable adapter, which layer roles are paired, extra
+options and their CLI flags); train_kd.py's flags, help texts and the Distiller derive from
+FEATURE_LOSSES. The function gets one teacher/student layer pair per call:
+
+    fn(f_s, f_t, ctx) -> scalar tensor (unweighted; the Distiller sums pairs, x batch size, x beta)
+
+f_s: student feature (after the adapter when `adapter=True`, then float32 and with the
+teacher's channel count); f_t: teacher feature (float32, no grad); ctx: FeatureContext.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import losses
+from .masks import fgfi_mask, wat_mask
+
+ROLES = ("backbone", "neck")  # see pairing.role_layers
+
+
+@dataclass(frozen=True)
+class FeatureOption:
+    """An extra number a feature loss reads (KDConfig.options[name], CLI flag --name)."""
+
+    name: str
+    default: float
+    help: str
+    flags: tuple = ()  # further CLI spellings kept for compatibility
+    old_keys: tuple = ()  # its key in the `opt` of older checkpoints
+
+
+@dataclass(frozen=True)
+class FeatureLoss:
+    """One registered loss: see feature_loss()."""
+
+    name: str
+    fn: Callable
+    beta: float
+    adapter: bool
+    roles: tuple
+    options: tuple
+    help: str
+
+
+FEATURE_LOSSES = {}  # name -> FeatureLoss, in registration order (the order of the help texts)
+
+
+def feature_loss(name, *, beta, help, adapter=False, roles=ROLES, options=()):
+    """Register `fn(f_s, f_t, ctx)` as the feature loss `name` (the --feat value).
+
+    beta: default weight (--beta); adapter: compare the student feature after a trainable 1x1
+    conv + BN to the teacher's channels; roles: layer roles to pair (subset of ROLES);
+    options: FeatureOption tuple of extra numbers the loss reads from ctx.option(name).
+    """
+    roles, options = tuple(roles), tuple(options)
+
+    def register(fn):
+        if name in FEATURE_LOSSES or name in ("none", "kd"):
+            raise ValueError(f"feature loss {name!r} is already registered (or reserved)")
+        if not roles or not set(roles) <= set(ROLES):
+            raise ValueError(f"feature loss {name!r}: roles {roles} must be a non-empty subset of {ROLES}")
+        FEATURE_LOSSES[name] = FeatureLoss(name, fn, float(beta), bool(adapter), roles, options, help)
+        return fn
+
+    return register
+
+
+def feature_options():
+    """Every FeatureOption of the registered losses, once per name."""
+    out = {}
+    for spec in FEATURE_LOSSES.values():
+        for o in spec.options:
+            if out.setdefault(o.name, o) != o:
+                raise ValueError(f"feature option {o.name!r} is declared twice with different settings")
+    return tuple(out.values())
+
+
+@dataclass
+class FeatureContext:
+    """What a feature loss may read besides the two features of one layer pair."""
+
+    targets: torch.Tensor  # (N, 6) [image, class, xc, yc, w, h], boxes normalised to the input
+    batch_size: int
+    stride: float  # input pixels per cell of this pair's feature maps
+    teacher_detect: torch.nn.Module  # the teacher's Detect layer (anchors, strides)
+    temperature: float  # --temperature
+    options: dict  # FeatureOption values by name
+
+    def option(self, name):
+        return self.options[name]
+
+    def anchors_px(self):
+        """The teacher's anchors (na, 2) in pixels at this pair's stride."""
+        det = self.teacher_detect
+        level = [int(round(x)) for x in det.stride.tolist()].index(int(round(self.stride)))
+        return det.anchors[level].float() * det.stride[level].float()
+
+
+# ------------------------------------------------------------------------------ built-in losses
+@feature_loss("at", beta=1.0, help="attention transfer")
+def attention_transfer(f_s, f_t, ctx):
+    return losses.at_loss(f_s, f_t)
+
+
+BG_WEIGHT = FeatureOption("bg_weight", 0.25, "background weight of the masked AT (wat); GT cells get 1 - it",
+                          flags=("--ratio",), old_keys=("ratio",))
+
+
+@feature_loss("wat", beta=1.0, options=(BG_WEIGHT,), help="attention transfer masked by the GT boxes")
+def masked_attention_transfer(f_s, f_t, ctx):
+    h, w = f_t.shape[-2:]
+    return losses.wat_loss(f_s, f_t, wat_mask(ctx.targets, ctx.batch_size, h, w, ctx.option("bg_weight")))
+
+
+# Default betas: on NEU-DET (fixture teacher, fresh yolov5n, img 224, batch 16) the student-gradient norm of
+# each term at beta 1 is: at 9.3, wat 4.2, ft 0.7, fgfi 950, cwd 930, against 12-16 for the detection loss
+# (benchmarks/kd_grad_balance.py). FGFI and CWD compare raw feature values, so at beta 1 they swamp detection
+# (and the gradient clip of 10); 1e-3 puts them near 1/10 of it.
+@feature_loss("ft", beta=1.0, adapter=True, roles=("neck",), help="channel descriptors after an adapter")
+def channel_descriptor(f_s, f_t, ctx):
+    return losses.ft_loss(f_s, f_t)
+
+
+@feature_loss("fgfi", beta=1e-3, adapter=True, roles=("neck",), help="fine-grained feature imitation")
+def fine_grained_imitation(f_s, f_t, ctx):
+    h, w = f_t.shape[-2:]
+    return losses.fgfi_loss(f_s, f_t, fgfi_mask(ctx.targets, ctx.batch_size, h, w, ctx.stride, ctx.anchors_px()))
+
+
+@feature_loss("cwd", beta=1e-3, adapter=True, roles=("neck",), help="channel-wise distillation")
+def channel_wise(f_s, f_t, ctx):
+    return losses.cwd_loss(f_s, f_t, ctx.temperature)
