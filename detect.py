@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.backends import Ensemble  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
+from utils.torch_utils import Timer, select_device  # noqa: E402
 from utils.plots import Annotator, colors, save_one_box  # noqa: E402
-from val import Ensemble, Timer  # noqa: E402
 
 
 class _VideoSink:

@@ -20,8 +20,8 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 import train_kd  # noqa: E402
-import val  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
+from utils.evaluation import validate_weights  # noqa: E402
 from utils.general import LOGGER, increment_path  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
@@ -65,10 +65,11 @@ def _train(module, args):
 
 
 def _evaluate(opt, run, cfg, weights, train_seconds, project):
-    """Validate one checkpoint with val.run and describe the model."""
-    (_, _, map50, map5095, *_), _, speed = val.run(opt.data, weights=str(weights), batch_size=opt.batch_size,
-                                                   imgsz=opt.img, device=opt.device, workers=opt.workers,
-                                                   project=project / "val", name=run, exist_ok=True, plots=False)
+    """Validate one checkpoint (as val.py does) and describe the model."""
+    (_, _, map50, map5095, *_), _, speed = validate_weights(opt.data, weights=str(weights), batch_size=opt.batch_size,
+                                                            imgsz=opt.img, device=opt.device, workers=opt.workers,
+                                                            project=project / "val", name=run, exist_ok=True,
+                                                            plots=False)
     model = load_model(weights)
     params = sum(p.numel() for p in model.parameters())
     gflops = model_flops(model, opt.img)

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import val  # noqa: E402
+from utils.evaluation import validate  # noqa: E402
 from utils.general import LOGGER  # noqa: E402
 
 
@@ -81,10 +81,8 @@ def main(argv=None):
         model(torch.zeros(1, 3, opt.imgsz, opt.imgsz))
     timed = TimedLoader(loader)
     t0 = time.perf_counter()
-    results, _, _ = val.run(data, batch_size=opt.batch_size, imgsz=opt.imgsz, conf_thres=opt.conf_thres,
-                            model=model, dataloader=timed, plots=False, half=False)
+    results, _, _, prof = validate(model, timed, data, conf_thres=opt.conf_thres, plots=False, half=False)
     wall = time.perf_counter() - t0
-    prof = val.run.last_profile
     n = prof["images"]
     split = {"dataloader_build": t_build, "load": timed.t, "pre": prof["pre"], "inference": prof["inference"],
              "nms": prof["nms"], "metrics": prof["metrics"]}

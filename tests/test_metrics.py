@@ -31,6 +31,17 @@ def test_perfect_predictions_give_top_ap():
     assert np.allclose(p, 1) and np.allclose(r, 1)
 
 
+def test_ap_per_class_is_the_operating_point_of_the_curves():
+    from utils.metrics import ap_curves, operating_point
+
+    tp = np.array([[1, 0], [0, 0], [1, 1]], bool)
+    args = (tp, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 1]), np.array([0, 1, 1]))
+    curves = ap_curves(*args)
+    out, ref = ap_per_class(*args), operating_point(curves)
+    assert all(np.array_equal(a, b) for a, b in zip(out, ref)) and curves.nt.tolist() == [1, 2]
+    assert np.array_equal(out[5], curves.ap) and out[5].shape == (2, 2)
+
+
 def test_false_positive_ranked_first_halves_ap():
     # one label; a FP at 0.9 above the TP at 0.8: precision envelope = 1/2 on all of (0, 1]
     _, _, _, _, _, ap, _ = ap_per_class(np.array([[0], [1]], bool), np.array([0.9, 0.8]), np.zeros(2), np.zeros(1))

@@ -100,3 +100,15 @@ def test_compare_cli(tmp_path):
            "--columns", "metrics/mAP_0.5", "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=60)
     assert out.stat().st_size > 1000
+
+
+def test_plot_ap_curves_from_metrics(tmp_path):
+    from utils.metrics import ap_curves
+    from utils.plots import plot_ap_curves
+
+    tp = np.array([[1], [0], [1], [1]], bool)
+    curves = ap_curves(tp, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 2]), np.array([0, 1, 1]))
+    assert curves.classes.tolist() == [0, 1] and len(curves.pr) == 2 and curves.f1.shape == (2, 1000)
+    plot_ap_curves(curves, tmp_path, {0: "dent", 1: "scratch"}, prefix="x_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_F1_curve.png", "x_PR_curve.png", "x_P_curve.png",
+                                                          "x_R_curve.png"]

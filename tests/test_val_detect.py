@@ -14,9 +14,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "upstream_yolov5s_neu224.pt"
 NEU_VAL = SHARED / "datasets" / "NEU-DET" / "images" / "val"
 
-pytest.importorskip("models.yolo", reason="models/yolo.py not available")
-
-
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """A random-init yolov5n (width 0.25) checkpoint in our format, nc=2."""
@@ -72,6 +69,27 @@ def test_val_random_model_scores_low(tiny_weights, tiny_dataset, tmp_path):
     (mp, mr, map50, map_, *_), maps, _ = val.run(tiny_dataset, weights=str(tiny_weights), batch_size=4, imgsz=64,
                                                  project=tmp_path, name="r", workers=0, plots=False)
     assert 0 <= map_ <= map50 < 0.5
+
+
+def test_in_memory_validate_agrees_with_val_run(tiny_weights, tiny_dataset, tmp_path):
+    """The engine's call (a model and a loader) and val.py's (a weights file) score alike."""
+    import val
+    from utils.checkpoint import load_model
+    from utils.dataloaders import create_dataloader
+    from utils.evaluation import validate
+    from utils.loss import ComputeLoss
+
+    ref, ref_maps, _ = val.run(tiny_dataset, weights=tiny_weights, batch_size=2, imgsz=64, project=tmp_path,
+                               name="ref", workers=0, plots=False)
+    model = load_model(tiny_weights).train()
+    model.hyp = {"box": 0.05, "obj": 1.0, "cls": 0.5, "anchor_t": 4.0, "cls_pw": 1.0, "obj_pw": 1.0, "fl_gamma": 0.0}
+    loader = create_dataloader(str(tiny_dataset.parent / "images" / "val"), 64, 2, 32, pad=0.5, rect=True,
+                               workers=0)[0]
+    res = validate(model, loader, str(tiny_dataset), compute_loss=ComputeLoss(model), plots=True, save_dir=tmp_path)
+    assert res.results[:4] == pytest.approx(ref[:4], abs=2e-3) and res.maps == pytest.approx(ref_maps, abs=2e-3)
+    assert all(x > 0 for x in res.results[4:6]) and res.profile["images"] == 4 and len(res.speed) == 3
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "val_batch0_pred.jpg").is_file()
 
 
 def test_val_class_count_mismatch_is_reported(tiny_weights, tmp_path, tiny_dataset):

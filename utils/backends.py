@@ -1,4 +1,5 @@
-"""One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an ONNX model (onnxruntime)."""
+"""One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an ONNX model (onnxruntime),
+and an Ensemble of several (val.py, detect.py)."""
 
 import ast
 from pathlib import Path
@@ -103,3 +104,32 @@ class InferenceBackend:
             imgsz = self.fixed_shape
         with torch.no_grad():
             self(torch.zeros(*imgsz, device=self.device))
+
+
+class Ensemble:
+    """Several InferenceBackends run on the same input; decoded outputs concatenated (NMS ensemble)."""
+
+    def __init__(self, weights, device, half):
+        self.members = [InferenceBackend(w, device=device, fp16=half) for w in weights]
+        first = self.members[0]
+        self.stride = max(m.stride for m in self.members)
+        self.names, self.pt, self.fp16 = first.names, all(m.pt for m in self.members), first.fp16
+        for m in self.members[1:]:
+            if len(m.names) != len(first.names):
+                raise ValueError(f"ensemble: {m.weights} has {len(m.names)} classes, {first.weights} has "
+                                 f"{len(first.names)}")
+
+    def __call__(self, im, augment=False):
+        outs = []
+        for m in self.members:
+            if augment and m.pt:
+                with torch.no_grad():
+                    y = m.model(im.to(m.device, torch.float16 if m.fp16 else torch.float32), augment=True)
+                outs.append((y[0] if isinstance(y, (list, tuple)) else y).float())
+            else:
+                outs.append(m(im))
+        return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+
+    def warmup(self, imgsz):
+        for m in self.members:
+            m.warmup(imgsz)

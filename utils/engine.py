@@ -526,12 +526,11 @@ class Trainer:
             self.guard.start_window()
 
     def _validate(self, model, plots=False, verbose=False):
-        import val
+        from utils.evaluation import validate
 
-        results, maps, _ = val.run(self.data_dict, batch_size=self.batch_size // self.world_size * 2, imgsz=self.imgsz,
-                                   half=self.amp, model=model, single_cls=self.opt.single_cls,
-                                   dataloader=self.val_loader, save_dir=self.save_dir, plots=plots,
-                                   verbose=verbose, compute_loss=self.compute_loss)
+        results, maps, *_ = validate(model, self.val_loader, self.data_dict, half=self.amp,
+                                     single_cls=self.opt.single_cls, save_dir=self.save_dir, plots=plots,
+                                     verbose=verbose, compute_loss=self.compute_loss)
         return tuple(float(x) for x in results), np.asarray(maps)
 
     def _log_epoch(self, epoch, mloss, results, lr, names):

@@ -1,6 +1,7 @@
-"""Detection metrics as YOLOv5 computes them: matching, AP per class, confusion matrix, fitness."""
+"""Detection metrics as YOLOv5 computes them: matching, AP per class, confusion matrix, fitness.
+No plotting here: utils/plots.py draws these (plots imports metrics, never the reverse)."""
 
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,14 +75,24 @@ def compute_ap(recall, precision):
     return ap, mpre, mrec
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=None, eps=1e-16, prefix=""):
-    """AP, P, R, F1 per class present in the labels.
+class APCurves(NamedTuple):
+    """Per-class curves behind the AP numbers (classes = those present in the labels)."""
+
+    px: np.ndarray  # (1000,) confidence grid, also the recall grid of `pr`
+    p: np.ndarray  # (nc, 1000) precision against confidence
+    r: np.ndarray  # (nc, 1000) recall against confidence
+    f1: np.ndarray  # (nc, 1000)
+    pr: list  # precision envelope on the recall grid at IoU 0.5, one (1000,) array per class with predictions
+    ap: np.ndarray  # (nc, t) AP per IoU threshold
+    classes: np.ndarray  # (nc,) int
+    nt: np.ndarray  # (nc,) labels per class
+
+
+def ap_curves(tp, conf, pred_cls, target_cls, eps=1e-16):
+    """Precision/recall/F1 against confidence and AP per class present in the labels.
 
     tp (n, t) bool per IoU threshold; conf (n,); pred_cls (n,); target_cls (m,).
-    Returns (tp, fp, p, r, f1, ap (nc_present, t), unique_classes) with P/R/F1 taken at the
-    confidence maximising the smoothed class-mean F1 on a 1000-point grid.
     """
-    names = names or {}
     tp = np.asarray(tp, dtype=float)
     if tp.ndim == 1:
         tp = tp[:, None]
@@ -91,7 +102,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
 
     unique_classes, nt = np.unique(target_cls, return_counts=True)
     nc = unique_classes.shape[0]
-    px, py = np.linspace(0, 1, 1000), []
+    px, pr = np.linspace(0, 1, 1000), []
     ap, p, r = np.zeros((nc, tp.shape[1])), np.zeros((nc, 1000)), np.zeros((nc, 1000))
     for ci, c in enumerate(unique_classes):  # loop over classes
         sel = pred_cls == c
@@ -106,25 +117,27 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
         p[ci] = np.interp(-px, -conf[sel], precision[:, 0], left=1)
         for j in range(tp.shape[1]):
             ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
-            if plot and j == 0:
-                py.append(np.interp(px, mrec, mpre))
-
+            if j == 0:
+                pr.append(np.interp(px, mrec, mpre))
     f1 = 2 * p * r / (p + r + eps)
-    present = {i: names.get(int(c), str(int(c))) for i, c in enumerate(unique_classes)}
-    if plot and nc:
-        from utils.plots import plot_mc_curve, plot_pr_curve
+    return APCurves(px, p, r, f1, pr, ap, unique_classes.astype(int), nt)
 
-        save_dir = Path(save_dir)
-        plot_pr_curve(px, py, ap, save_dir / f"{prefix}PR_curve.png", present)
-        plot_mc_curve(px, f1, save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
-        plot_mc_curve(px, p, save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
-        plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
 
-    i = int(smooth(f1.mean(0), 0.1).argmax()) if nc else 0
-    p, r, f1 = p[:, i], r[:, i], f1[:, i]
-    tp_n = (r * nt).round()
+def operating_point(curves, eps=1e-16):
+    """(tp, fp, p, r, f1, ap, classes) with P/R/F1 at the confidence maximising the smoothed
+    class-mean F1 on the grid (upstream's ap_per_class result)."""
+    c = curves
+    i = int(smooth(c.f1.mean(0), 0.1).argmax()) if len(c.classes) else 0
+    p, r, f1 = c.p[:, i], c.r[:, i], c.f1[:, i]
+    tp_n = (r * c.nt).round()
     fp_n = (tp_n / (p + eps) - tp_n).round()
-    return tp_n, fp_n, p, r, f1, ap, unique_classes.astype(int)
+    return tp_n, fp_n, p, r, f1, c.ap, c.classes
+
+
+def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16):
+    """AP, P, R, F1 per class present in the labels -> (tp, fp, p, r, f1, ap (nc, t), classes).
+    For the curves (plots.plot_ap_curves), use ap_curves() and operating_point()."""
+    return operating_point(ap_curves(tp, conf, pred_cls, target_cls, eps), eps)
 
 
 class ConfusionMatrix:
@@ -162,9 +175,3 @@ class ConfusionMatrix:
         tp = self.matrix.diagonal()
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
-
-    def plot(self, normalize=True, save_dir="", names=()):
-        """Save confusion_matrix.png (column-normalised by default)."""
-        from utils.plots import plot_confusion_matrix
-
-        return plot_confusion_matrix(self.matrix, normalize, Path(save_dir) / "confusion_matrix.png", list(names))

@@ -16,6 +16,7 @@ import torch
 
 from utils.boxes import xywh2xyxy, xyxy2xywh
 from utils.general import LOGGER
+from utils.metrics import smooth
 
 
 def _plt():
@@ -240,8 +241,6 @@ def plot_pr_curve(px, py, ap, save_file=Path("pr_curve.png"), names=None):
 
 def plot_mc_curve(px, py, save_file=Path("mc_curve.png"), names=None, xlabel="Confidence", ylabel="Metric"):
     """Metric-confidence curve (F1, P or R) per class and the smoothed class mean."""
-    from utils.metrics import smooth
-
     plt = _plt()
     names = names or {}
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
@@ -254,6 +253,18 @@ def plot_mc_curve(px, py, save_file=Path("mc_curve.png"), names=None, xlabel="Co
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     fig.savefig(save_file, dpi=250)
     plt.close(fig)
+
+
+def plot_ap_curves(curves, save_dir=Path("."), names=None, prefix=""):
+    """PR, F1, P and R curves of metrics.ap_curves() as <prefix>PR_curve.png ... in save_dir."""
+    if not len(curves.classes):
+        return
+    names = names or {}
+    present = {i: names.get(int(c), str(int(c))) for i, c in enumerate(curves.classes)}
+    save_dir, px = Path(save_dir), curves.px
+    plot_pr_curve(px, curves.pr, curves.ap, save_dir / f"{prefix}PR_curve.png", present)
+    for short, ylabel, y in (("F1", "F1", curves.f1), ("P", "Precision", curves.p), ("R", "Recall", curves.r)):
+        plot_mc_curve(px, y, save_dir / f"{prefix}{short}_curve.png", present, ylabel=ylabel)
 
 
 def plot_confusion_matrix(matrix, normalize=True, save_file=Path("confusion_matrix.png"), names=()):

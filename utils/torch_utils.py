@@ -64,6 +64,25 @@ def time_sync():
     return time.time()
 
 
+class Timer:
+    """Accumulating wall-clock timer (`with timer:` adds to timer.t, seconds); synchronises CUDA
+    around the block so that GPU work is counted."""
+
+    def __init__(self, device=None):
+        self.t, self.cuda = 0.0, device is not None and torch.device(device).type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *args):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.t += time.perf_counter() - self.start
+
+
 @torch.no_grad()
 def fuse_conv_and_bn(conv, bn):
     """Return a Conv2d with bias whose output equals bn(conv(x)) in eval mode (plain leaf parameters)."""
