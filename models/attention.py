@@ -94,13 +94,6 @@ class CBAM(_ChannelMatched):
         return self.spatial_attention(self.channel_attention(x))
 
 
-class HSigmoid(nn.Module):
-    """relu6(x + 3) / 6."""
-
-    def forward(self, x):
-        return nn.functional.relu6(x + 3.0) / 6.0
-
-
 class HSwish(nn.Module):
     """x * relu6(x + 3) / 6."""
 

@@ -2,6 +2,8 @@
 
 import csv
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +17,6 @@ NC = 2
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """Four 64x64 images with boxes, used for train and val."""
-    cv2 = pytest.importorskip("cv2")
-    import numpy as np
     root = tmp_path_factory.mktemp("kd_data")
     (root / "images").mkdir()
     (root / "labels").mkdir()

@@ -7,7 +7,6 @@ left to it.
 """
 
 import struct
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -141,11 +140,3 @@ def imread(path):
     except OSError:
         return None
     return decode_image(data)
-
-
-def is_image_file(path):
-    return Path(path).suffix[1:].lower() in IMG_FORMATS
-
-
-def is_video_file(path):
-    return Path(path).suffix[1:].lower() in VID_FORMATS

@@ -47,10 +47,6 @@ class FeatureTaps:
         self._handles.clear()
         self.features.clear()
 
-    @property
-    def active(self):
-        return bool(self._handles)
-
     def __enter__(self):
         return self
 
