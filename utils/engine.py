@@ -476,6 +476,8 @@ class Trainer:
                         from utils.plots import plot_images
                         plot_images(imgs.detach().float().cpu(), targets, paths,
                                     self.save_dir / f"train_batch{ni}.jpg", names=self.names)
+            if self.main:  # no finite batch at all: the epoch's train losses are unknown, not 0
+                mloss = torch.where(n_ok > 0, mloss, torch.full_like(mloss, float("nan")))
             lr = [g["lr"] for g in self.optimizer.param_groups]
             self.scheduler.step()
             stop = False
@@ -548,17 +550,26 @@ class Trainer:
         ckpt = make_checkpoint(self.model, ema=self.ema.ema, updates=self.ema.updates, optimizer=self.optimizer,
                                epoch=epoch, best_fitness=self.best_fitness, opt=opt_plain, hyp=self.hyp_orig,
                                plugin=self.plugin.state_dict() or None)
-        bad = nonfinite_entries(ckpt)
-        if bad:  # never save NaN/inf: last.pt and best.pt keep the last finite state
-            LOGGER.warning(f"WARNING: epoch {epoch}: checkpoint not saved, non-finite values in {', '.join(bad)}; "
-                           f"{self.wdir} keeps the last finite state")
+        if not self._write(ckpt, self.last, epoch):
             return
-        save_checkpoint(ckpt, self.last)
         if is_best:  # EMA in float16, no optimiser, no plugin modules
-            save_checkpoint(make_checkpoint(self.ema.ema, epoch=-1, best_fitness=self.best_fitness, opt=opt_plain,
-                                            hyp=self.hyp_orig, half=True), self.best)
+            self._write(make_checkpoint(self.ema.ema, epoch=-1, best_fitness=self.best_fitness, opt=opt_plain,
+                                        hyp=self.hyp_orig, half=True), self.best, epoch)
         if self.opt.save_period > 0 and (epoch + 1) % self.opt.save_period == 0:
             save_checkpoint(ckpt, self.wdir / f"epoch{epoch}.pt")
+
+    def _write(self, ckpt, path, epoch):
+        """Save unless a tensor holds NaN/inf (float16 best.pt overflows too): the file keeps its last
+        finite state then. -> saved or not."""
+        from utils.checkpoint import save_checkpoint
+
+        bad = nonfinite_entries(ckpt)
+        if bad:
+            LOGGER.warning(f"WARNING: epoch {epoch}: {path.name} not saved, non-finite values in {', '.join(bad)}"
+                           f"{' ...' if len(bad) >= 5 else ''}; {path.name} keeps its last finite state, if any")
+            return False
+        save_checkpoint(ckpt, path)
+        return True
 
     def _final_validation(self, results):
         from utils.checkpoint import load_model
