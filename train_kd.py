@@ -7,7 +7,6 @@ Usage:
 All train.py flags work; this file only adds the distillation flags and the Distiller plug-in.
 """
 
-import argparse
 import sys
 from pathlib import Path
 

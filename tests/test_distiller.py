@@ -107,13 +107,13 @@ def test_parse_feats():
 
 
 def test_parse_betas():
-    DEFAULT_BETAS = default_betas()
-    assert DEFAULT_BETAS == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 1e-3, "cwd": 1e-3}
-    assert parse_betas([], ("at", "fgfi", "cwd")) == {k: DEFAULT_BETAS[k] for k in ("at", "fgfi", "cwd")}
+    defaults = default_betas()
+    assert defaults == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 1e-3, "cwd": 1e-3}
+    assert parse_betas([], ("at", "fgfi", "cwd")) == {k: defaults[k] for k in ("at", "fgfi", "cwd")}
     assert parse_betas(["0.5"], ("at", "fgfi")) == {"at": 0.5, "fgfi": 0.5}
     assert parse_betas(["at=2", "0.1"], ("at", "cwd")) == {"at": 2.0, "cwd": 0.1}  # a number sets the rest
     assert parse_betas("fgfi=1e-2,at=3", ("fgfi",)) == {"fgfi": 0.01}  # at named but not selected: warning
-    assert parse_betas(1.0, ("cwd",)) == {"cwd": 1.0} and parse_betas(None, ("ft",)) == {"ft": DEFAULT_BETAS["ft"]}
+    assert parse_betas(1.0, ("cwd",)) == {"cwd": 1.0} and parse_betas(None, ("ft",)) == {"ft": defaults["ft"]}
     for bad in (["sim=1"], ["x"], ["at=big"]):
         with pytest.raises(ValueError, match="--beta"):
             parse_betas(bad, ("at",))

@@ -236,7 +236,8 @@ def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
     names = _class_names(data, model.names, single_cls)
     if not single_cls and len(model.names) != int(data["nc"]):
         raise ValueError(f"{weights[0]}: model has {len(model.names)} classes but "
-                         f"{data.get('yaml_file', 'the dataset')} has nc={data['nc']}: pass matching --weights and --data")
+                         f"{data.get('yaml_file', 'the dataset')} has nc={data['nc']}: "
+                         f"pass matching --weights and --data")
     model.warmup((1 if model.pt else batch_size, 3, imgsz, imgsz))
     shape_free = model.pt or all(m.fixed_shape is None for m in model.members)  # .pt or dynamic ONNX
     pad, rect = (0.0, False) if task == "speed" else (0.5, shape_free)
