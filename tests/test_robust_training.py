@@ -211,6 +211,13 @@ def test_bad_options_exit_1_with_one_line(tiny_data, tmp_path, capsys, extra, sa
     assert not (tmp_path / "exp").exists()  # refused before any work
 
 
+def test_lr_schedule_refuses_zero_epochs():
+    from utils.optim import lr_lambda
+
+    with pytest.raises(ValueError, match="--epochs 0: must be at least 1"):
+        lr_lambda(0, 0.01)
+
+
 def test_hyp_missing_keys_all_named_at_once(tiny_data, tmp_path, capsys):
     import train
 

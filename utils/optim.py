@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.cli import OptionError
 from utils.general import LOGGER, colorstr
 from utils.torch_utils import de_parallel
 
@@ -65,6 +66,9 @@ def cosine_lr(epochs, lrf):
 
 
 def lr_lambda(epochs, lrf, cos=False):
+    """LR multiplier per epoch (cosine or linear); refuses epochs < 1 (it divides by it)."""
+    if epochs < 1:
+        raise OptionError(f"--epochs {epochs}: must be at least 1")
     return cosine_lr(epochs, lrf) if cos else linear_lr(epochs, lrf)
 
 
