@@ -495,4 +495,6 @@ def main(argv=None):
 if __name__ == "__main__":
     from models.yolo import main as canonical_main  # one copy of the classes (models.yolo.Detect, not __main__.Detect)
 
-    canonical_main()
+    from utils.cli import run_cli
+
+    run_cli(canonical_main, lambda argv: argv, "models/yolo.py")

@@ -25,8 +25,8 @@ class OptionError(UserError, ValueError):
     """A command-line option or hyperparameter value that cannot work."""
 
 
-USER_ERRORS = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-               ValueError, yaml.YAMLError)
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError, ValueError, yaml.YAMLError)
 
 
 def _show_traceback(argv):

@@ -30,4 +30,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    run_cli(main, lambda argv: argv, "make_synthetic.py")
