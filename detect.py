@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 
 from utils.backends import Ensemble  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
+from utils.cli import add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import Timer, select_device  # noqa: E402
@@ -57,7 +58,8 @@ def _detections_line(det, names):
 def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640, 640), conf_thres=0.25,
         iou_thres=0.45, max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False,
         save_csv=False, nosave=False, classes=None, agnostic_nms=False, augment=False, project=ROOT / "runs/detect",
-        name="exp", exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False, vid_stride=1):
+        name="exp", exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False, vid_stride=1,
+        cfg=None):
     """Detect objects in `source`; returns the output folder."""
     from utils.sources import LoadImages
 
@@ -71,7 +73,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
 
     device = select_device(device)
     weights = [weights] if isinstance(weights, (str, Path)) else list(weights)
-    model = Ensemble(weights, device, half)
+    model = Ensemble(weights, device, half, cfg=cfg)
     stride, names, pt = model.stride, model.names, model.pt
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     imgsz = check_img_size(imgsz, s=stride)
@@ -150,6 +152,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="YOLOv5 detection on images and videos")
     p.add_argument("--weights", nargs="+", type=str, default=[str(ROOT / "yolov5s.pt")], help="model path(s)")
+    add_cfg_argument(p)
     p.add_argument("--source", type=str, default=str(ROOT / "data/images"), help="file/dir/glob/.txt list/video")
     p.add_argument("--data", type=str, default=None, help="(optional) dataset.yaml path, unused: names come "
                                                            "from the weights")

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.checkpoint import load_model  # noqa: E402
+from utils.cli import add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, print_args  # noqa: E402
 
 DEFAULT_OPSET = 17  # supported by every current onnxruntime
@@ -97,7 +98,7 @@ def export_onnx(model, im, file, opset=DEFAULT_OPSET, dynamic=False, simplify=Fa
 
 
 def run(weights="yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu", include=("onnx",), half=False,
-        dynamic=False, simplify=False, opset=DEFAULT_OPSET):
+        dynamic=False, simplify=False, opset=DEFAULT_OPSET, cfg=None):
     """Export ``weights`` to each format in ``include`` (only 'onnx' now); returns the written files."""
     t0 = time.time()
     include = [x.lower() for x in include]
@@ -110,7 +111,7 @@ def run(weights="yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu", incl
         raise ValueError("--half export needs a CUDA --device (onnxruntime on CPU lacks float16 kernels)")
     if half and dynamic:
         raise ValueError("--half and --dynamic are not compatible: choose one")
-    model = load_model(weights, device=device, fuse=True)
+    model = load_model(weights, device=device, fuse=True, cfg=cfg or None)
     imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     gs = int(torch.as_tensor(model.stride).max())
     imgsz = [check_img_size(x, gs) for x in imgsz]
@@ -133,6 +134,7 @@ def run(weights="yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu", incl
 def parse_opt(argv=None):
     parser = argparse.ArgumentParser(description="Export a yolov5-kd / YOLOv5 checkpoint to ONNX")
     parser.add_argument("--weights", type=str, default="yolov5s.pt", help="checkpoint path")
+    add_cfg_argument(parser)
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda device, i.e. 0")

@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.evaluation import validate_weights as run  # noqa: E402  (upstream's name: val.run)
+from utils.cli import add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, print_args  # noqa: E402
 
 
@@ -26,6 +27,7 @@ def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="Validate a YOLOv5 model on a dataset")
     p.add_argument("--data", type=str, default=str(ROOT / "data/NEU-DET.yaml"), help="dataset.yaml path")
     p.add_argument("--weights", nargs="+", type=str, default=["yolov5s.pt"], help="model path(s); several = ensemble")
+    add_cfg_argument(p)
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")

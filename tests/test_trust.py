@@ -340,3 +340,24 @@ def test_entry_point_refuses_code_in_dataset_yaml_and_traceback_on_request(evil_
     assert not marker.exists()
     r = _run("val.py", "--weights", evil_files["clean"], "--data", f, env={"YOLOV5KD_TRACEBACK": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and not marker.exists()
+
+
+def test_weights_with_a_user_block_load_through_the_users_cfg(tmp_path, monkeypatch):
+    (tmp_path / "trust_user_blocks.py").write_text(
+        "import torch.nn as nn\n\n\nclass Twice(nn.Identity):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    d = copy.deepcopy(TINY)
+    d["head"].insert(0, [-1, 1, "trust_user_blocks.Twice", []])
+    d["head"][-1][0] = [13, 10, 7]
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    f = save_checkpoint(make_checkpoint(DetectionModel(cfg, nc=2)), tmp_path / "mine.pt")
+    with pytest.raises(CheckpointError, match="--cfg"):
+        load_model(f)  # the stored YAML names a dotted path: never imported from the weights
+    assert type(load_model(f, cfg=cfg).model[7]).__name__ == "Twice"
+    import detect
+    import export
+    import val
+
+    assert val.parse_opt(["--cfg", str(cfg)]).cfg == str(cfg)
+    assert detect.parse_opt(["--cfg", str(cfg)]).cfg == export.parse_opt(["--cfg", str(cfg)]).cfg == str(cfg)

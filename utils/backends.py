@@ -39,7 +39,8 @@ class InferenceBackend:
     pt / onnx (bool), fp16, device, model (the nn.Module for .pt), session (for .onnx).
     """
 
-    def __init__(self, weights, device="cpu", fp16=False, fuse=True):
+    def __init__(self, weights, device="cpu", fp16=False, fuse=True, cfg=None):
+        """cfg: your own model YAML to build a .pt's architecture from (instead of the YAML stored in it)."""
         self.weights = Path(weights)
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         suffix = self.weights.suffix.lower()
@@ -50,7 +51,7 @@ class InferenceBackend:
             from utils.checkpoint import load_model
 
             self.fp16 = bool(fp16) and self.device.type == "cuda"  # fp16 only where it is fast
-            model = load_model(self.weights, device=self.device, fuse=fuse)
+            model = load_model(self.weights, device=self.device, fuse=fuse, cfg=cfg or None)
             self.model = model.half() if self.fp16 else model
             self.stride = int(torch.as_tensor(model.stride).max())
             self.names = dict(model.names)
@@ -109,8 +110,8 @@ class InferenceBackend:
 class Ensemble:
     """Several InferenceBackends run on the same input; decoded outputs concatenated (NMS ensemble)."""
 
-    def __init__(self, weights, device, half):
-        self.members = [InferenceBackend(w, device=device, fp16=half) for w in weights]
+    def __init__(self, weights, device, half, cfg=None):
+        self.members = [InferenceBackend(w, device=device, fp16=half, cfg=cfg) for w in weights]
         first = self.members[0]
         self.stride = max(m.stride for m in self.members)
         self.names, self.pt, self.fp16 = first.names, all(m.pt for m in self.members), first.fp16

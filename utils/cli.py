@@ -29,6 +29,14 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, IsADirectoryError,
                PermissionError, ValueError, yaml.YAMLError)
 
 
+def add_cfg_argument(parser):
+    """--cfg for tools that load weights: your own model YAML (code you trust) instead of the stored one."""
+    parser.add_argument("--cfg", type=str, default="",
+                        help="your model YAML to rebuild the weights' architecture from (needed when they use a "
+                             "block of yours, named by dotted path; the YAML stored in weights never imports)")
+    return parser
+
+
 def _show_traceback(argv):
     return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0") or TRACEBACK_FLAG in argv
 

@@ -216,7 +216,7 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
 def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
                      task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
                      save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp",
-                     exist_ok=False, half=True, plots=True):
+                     exist_ok=False, half=True, plots=True, cfg=None):
     """Validate weights files on a dataset split (val.py's flags) -> ((mP, mR, mAP50, mAP50-95, box, obj, cls),
     maps (nc,), (pre-process, inference, NMS) ms/img). Outputs go to project/name (incremented)."""
     from utils.dataloaders import create_dataloader
@@ -227,7 +227,7 @@ def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
     weights = [weights] if isinstance(weights, (str, Path)) else list(weights or [])
     if not weights:
         raise ValueError("val.run: give weights (a .pt/.onnx path or list)")
-    model = Ensemble(weights, device, half)
+    model = Ensemble(weights, device, half, cfg=cfg)
     half = model.fp16
     imgsz = check_img_size(imgsz, s=model.stride)
     if not model.pt:
