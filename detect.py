@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 
 from utils.backends import Ensemble  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
-from utils.cli import add_cfg_argument  # noqa: E402
+from utils.cli import OptionError, add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import Timer, select_device  # noqa: E402
@@ -65,7 +65,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
 
     source = str(source)
     if source.isnumeric() or source.lower().startswith(("rtsp://", "rtmp://", "http://", "https://")):
-        raise NotImplementedError(f"--source {source}: webcam/stream input is not supported in this build "
+        raise OptionError(f"--source {source}: webcam/stream input is not supported in this build "
                                   f"(use image, folder, glob, .txt list or video files)")
     save_img = not nosave and not source.endswith(".txt")
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from utils.augmentations import letterbox
+from utils.cli import OptionError
 from utils.general import LOGGER
 from utils.image_io import IMG_FORMATS, VID_FORMATS, imread
 
@@ -40,7 +41,7 @@ class LoadImages:
 
     def __init__(self, path, img_size=640, stride=32, auto=True, transforms=None, vid_stride=1):
         if isinstance(path, int) or (isinstance(path, str) and path.isnumeric()):
-            raise NotImplementedError(f"webcam/stream source {path!r} is not supported (no LoadStreams)")
+            raise OptionError(f"webcam/stream source {path!r} is not supported (no LoadStreams)")
         files = _expand_source(path)
         images = [x for x in files if x.split(".")[-1].lower() in IMG_FORMATS]
         videos = [x for x in files if x.split(".")[-1].lower() in VID_FORMATS]
