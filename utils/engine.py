@@ -4,7 +4,6 @@ import math
 import os
 import random
 import time
-from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.autoanchor import check_anchors
+from utils.autobatch import autobatch
 from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
 from utils.cli import UserError
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -102,33 +102,19 @@ def labels_to_image_weights(labels, nc, class_weights):
     return np.array([(class_weights[lb[:, 0].astype(int)]).sum() if len(lb) else 0.0 for lb in labels]) + 1e-9
 
 
-def autobatch(model, imgsz, device, fraction=0.6, default=16):
-    """Largest batch size using about `fraction` of the CUDA memory (linear fit of a few probes)."""
-    if device.type != "cuda":
-        LOGGER.info(f"AutoBatch: CUDA not used, using default --batch-size {default}")
-        return default
-    total = torch.cuda.get_device_properties(device).total_memory
-    model = deepcopy(model).train()  # probing must not move the real model's BatchNorm statistics
-    sizes, mems = [1, 2, 4, 8, 16], []
-    for b in sizes:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        x = torch.zeros(b, 3, imgsz, imgsz, device=device)
-        with torch.autocast("cuda"):
-            out = model(x)
-        sum(o.float().sum() for o in out).backward()
-        mems.append(torch.cuda.max_memory_allocated(device))
-    del model
-    torch.cuda.empty_cache()
-    slope, intercept = np.polyfit(sizes, mems, 1)
-    b = int((total * fraction - intercept) / max(slope, 1))
-    b = max(1, min(b, 1024))
-    LOGGER.info(f"AutoBatch: using batch-size {b} ({fraction:.0%} of {total / 2 ** 30:.1f} GiB)")
-    return b
-
-
 def _plain(v):
     return str(v) if isinstance(v, Path) else v
+
+
+def _model_from_stored_yaml(yaml_dict, weights, **kwargs):
+    """DetectionModel from the YAML inside a weights file; a bad YAML is a CheckpointError naming the file."""
+    from models.yolo import DetectionModel
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return DetectionModel(yaml_dict, ch=3, **kwargs)
+    except UserError as e:
+        raise CheckpointError(f"{weights}: {e}") from e
 
 
 def _require_labels(dataset, where):
@@ -223,14 +209,14 @@ class Trainer:
         weights = str(opt.weights or "")
         anchors = self.hyp.get("anchors")
         if self.resume_ckpt is not None:
-            self.model = DetectionModel(self.resume_ckpt["model"]["yaml"], ch=3, nc=self.nc)
+            self.model = _model_from_stored_yaml(self.resume_ckpt["model"]["yaml"], weights, nc=self.nc)
             self.model.load_state_dict(self.resume_ckpt["model"]["state_dict"])
         elif weights:
-            cfg = opt.cfg
-            if not cfg:
-                ckpt = load_checkpoint(weights)
-                cfg = ckpt["model"]["yaml"]
-            self.model = DetectionModel(cfg, ch=3, nc=self.nc, anchors=anchors)
+            if opt.cfg:
+                self.model = DetectionModel(opt.cfg, ch=3, nc=self.nc, anchors=anchors)
+            else:
+                yaml_dict = load_checkpoint(weights)["model"]["yaml"]
+                self.model = _model_from_stored_yaml(yaml_dict, weights, nc=self.nc, anchors=anchors)
             transfer_weights(self.model, weights, exclude=("anchor",) if (opt.cfg or anchors) else ())
         else:
             if not opt.cfg:
