@@ -85,7 +85,6 @@ def build(a, device):
 
 
 def measure(a):
-    import torch
     from utils.torch_utils import select_device
 
     device = select_device(a.device)

@@ -7,7 +7,6 @@ names the file.
 import copy
 import io
 import os
-import pickle
 import struct
 import subprocess
 import sys

@@ -106,17 +106,6 @@ def _plain(v):
     return str(v) if isinstance(v, Path) else v
 
 
-def _model_from_stored_yaml(yaml_dict, weights, **kwargs):
-    """DetectionModel from the YAML inside a weights file; a bad YAML is a CheckpointError naming the file."""
-    from models.yolo import DetectionModel
-    from utils.checkpoint import CheckpointError
-
-    try:
-        return DetectionModel(yaml_dict, ch=3, **kwargs)
-    except UserError as e:
-        raise CheckpointError(f"{weights}: {e}") from e
-
-
 def _require_labels(dataset, where):
     """Refuse a training set without a single label (with the scan's counts)."""
     if sum(len(lb) for lb in dataset.labels):
@@ -192,7 +181,7 @@ class Trainer:
 
     def _build_model(self):
         from models.yolo import DetectionModel
-        from utils.checkpoint import load_checkpoint, transfer_weights
+        from utils.checkpoint import build_stored_model, load_checkpoint, transfer_weights
         from utils.dataset_yaml import check_dataset
 
         opt = self.opt
@@ -209,14 +198,14 @@ class Trainer:
         weights = str(opt.weights or "")
         anchors = self.hyp.get("anchors")
         if self.resume_ckpt is not None:
-            self.model = _model_from_stored_yaml(self.resume_ckpt["model"]["yaml"], weights, nc=self.nc)
+            self.model = build_stored_model(self.resume_ckpt["model"]["yaml"], weights, nc=self.nc)
             self.model.load_state_dict(self.resume_ckpt["model"]["state_dict"])
         elif weights:
             if opt.cfg:
                 self.model = DetectionModel(opt.cfg, ch=3, nc=self.nc, anchors=anchors)
             else:
                 yaml_dict = load_checkpoint(weights)["model"]["yaml"]
-                self.model = _model_from_stored_yaml(yaml_dict, weights, nc=self.nc, anchors=anchors)
+                self.model = build_stored_model(yaml_dict, weights, nc=self.nc, anchors=anchors)
             transfer_weights(self.model, weights, exclude=("anchor",) if (opt.cfg or anchors) else ())
         else:
             if not opt.cfg:

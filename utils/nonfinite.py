@@ -5,7 +5,6 @@ With CUDA AMP the GradScaler keeps handling inf/NaN gradients itself (it skips t
 scale); only non-finite losses are counted then.
 """
 
-import math
 
 import torch
 import torch.distributed as dist
