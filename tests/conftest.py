@@ -1,5 +1,6 @@
 """Shared pytest fixtures: repo paths, the shared data folder, small thread counts."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+
+from utils.general import LOGGER  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +44,12 @@ def import_torchvision_or_skip():
     except Exception as e:  # noqa: BLE001 - any failure to load means: no torchvision here
         pytest.skip(f"torchvision not importable ({type(e).__name__}: {e})")
     return torchvision
+
+
+@pytest.fixture()
+def caplog_yolo(caplog):
+    """Capture our logger (it does not propagate to the root logger)."""
+    LOGGER.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    yield caplog
+    LOGGER.removeHandler(caplog.handler)

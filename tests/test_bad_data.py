@@ -1,22 +1,11 @@
 """A fuzzed dataset folder with every kind of bad data: no crash, one message per file, a summary."""
 
-import logging
 
 import cv2
 import numpy as np
 import pytest
 
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
-from utils.general import LOGGER
-
-
-@pytest.fixture()
-def caplog_yolo(caplog):
-    """Capture our logger (it does not propagate to the root logger)."""
-    LOGGER.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=LOGGER.name)
-    yield caplog
-    LOGGER.removeHandler(caplog.handler)
 
 
 def _jpeg_bytes(seed=0, size=(48, 64)):

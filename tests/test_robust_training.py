@@ -2,7 +2,6 @@
 a fuzzed dataset trains to the end, the non-finite guard, resume after a crash, bad options refused
 before any work, every --cache choice, zero-label sets, partial saves, AutoBatch on CPU."""
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import yaml
 from test_bad_data import make_bad_folder
 from test_engine import FakePlugin, load_ckpt, make_tiny_data, needs_models, run_train, train_args
 from utils.cli import UserError, run_cli
-from utils.general import LOGGER
 from utils.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_entries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,12 +21,8 @@ HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 
 
 @pytest.fixture()
-def log(caplog):
-    """Capture our logger (it does not propagate to the root logger)."""
-    LOGGER.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=LOGGER.name)
-    yield caplog
-    LOGGER.removeHandler(caplog.handler)
+def log(caplog_yolo):
+    return caplog_yolo
 
 
 @pytest.fixture(scope="module")

@@ -179,3 +179,22 @@ def test_reproduces_upstream_table(tmp_path):
         assert got[4] == pytest.approx(m50, abs=0.006), name
         assert got[5] == pytest.approx(m, abs=0.006), name
         assert got[2] == pytest.approx(p, abs=0.03) and got[3] == pytest.approx(r, abs=0.03), name
+
+
+def test_val_drops_out_of_range_class_rows_naming_the_file(tiny_weights, tiny_dataset, tmp_path, caplog_yolo):
+    """val.py on its own (not only training) drops class ids >= nc per file and still scores the rest."""
+    import shutil
+
+    import val
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset.parent, root)
+    bad = root / "labels" / "val" / "0.txt"
+    bad.write_text(bad.read_text() + "17 0.5 0.5 0.1 0.1\n")
+    data = root / "tiny.yaml"
+    data.write_text(tiny_dataset.read_text().replace(str(tiny_dataset.parent), str(root)))
+    (_, _, map50, _, *_), maps, _ = val.run(data, weights=str(tiny_weights), batch_size=4, imgsz=64,
+                                            project=tmp_path, name="oor", workers=0, plots=False, save_hybrid=True)
+    assert map50 == pytest.approx(0.995, abs=1e-6) and maps.shape == (2,)
+    lines = caplog_yolo.text.splitlines()
+    assert sum("0.txt" in line and "[17]" in line for line in lines) == 1, caplog_yolo.text

@@ -245,7 +245,7 @@ def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
     if not data.get(split):
         raise ValueError(f"{data.get('yaml_file', 'dataset')}: no '{split}:' split to validate on")
     dataloader = create_dataloader(data[split], imgsz, batch_size, model.stride, single_cls, pad=pad, rect=rect,
-                                   workers=workers, prefix=colorstr(f"{split}: "))[0]
+                                   workers=workers, prefix=colorstr(f"{split}: "), nc=int(data["nc"]))[0]
     result = evaluate(lambda im: (model(im, augment=augment), None), dataloader, names, device, half=half,
                       conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
                       save_hybrid=save_hybrid, per_class=verbose or len(names) < 50, plots=plots, save_dir=save_dir,
