@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
 from utils.backends import Ensemble  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.cli import OptionError, add_cfg_argument  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, increment_path, print_args  # noqa: E402
+from utils.general import LOGGER, check_img_size, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import Timer, select_device  # noqa: E402
 from utils.plots import Annotator, colors, save_one_box  # noqa: E402
@@ -187,12 +187,7 @@ def main(opt):
     return run(**vars(opt))
 
 
-def cli_main(opt):
-    print_args(opt, "detect")
-    return main(opt)
-
-
 if __name__ == "__main__":
     from utils.cli import run_cli
 
-    run_cli(cli_main, parse_opt, "detect.py")
+    run_cli(main, parse_opt, "detect.py", echo="detect")

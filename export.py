@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 
 from utils.checkpoint import load_model  # noqa: E402
 from utils.cli import add_cfg_argument  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, print_args  # noqa: E402
+from utils.general import LOGGER, check_img_size, colorstr  # noqa: E402
 
 DEFAULT_OPSET = 17  # supported by every current onnxruntime
 
@@ -150,12 +150,7 @@ def main(opt):
     return run(**vars(opt))
 
 
-def cli_main(opt):
-    print_args(opt, "export")
-    return main(opt)
-
-
 if __name__ == "__main__":
     from utils.cli import run_cli
 
-    run_cli(cli_main, parse_opt, "export.py")
+    run_cli(main, parse_opt, "export.py", echo="export")

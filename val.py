@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 
 from utils.evaluation import validate_weights as run  # noqa: E402  (upstream's name: val.run)
 from utils.cli import add_cfg_argument  # noqa: E402
-from utils.general import LOGGER, print_args  # noqa: E402
+from utils.general import LOGGER  # noqa: E402
 
 
 def parse_opt(argv=None):
@@ -94,12 +94,7 @@ def main(opt):
         raise ValueError(f"--task {opt.task} not in train, val, test, speed, study")
 
 
-def cli_main(opt):
-    print_args(opt, "val")
-    return main(opt)
-
-
 if __name__ == "__main__":
     from utils.cli import run_cli
 
-    run_cli(cli_main, parse_opt, "val.py")
+    run_cli(main, parse_opt, "val.py", echo="val")

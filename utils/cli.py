@@ -49,13 +49,21 @@ def error_message(e):
     return " ".join(text.split("\n")[0].split()) if len(text) > 2000 else text
 
 
-def run_cli(main, parse_opt, prog, argv=None):
-    """parse_opt(argv) then main(opt); user errors end as ``prog: error: message`` with exit status 1."""
+def run_cli(main, parse_opt, prog, argv=None, echo=None):
+    """parse_opt(argv) then main(opt); user errors end as ``prog: error: message`` with exit status 1.
+
+    echo: log the parsed options on one line under this name first (as upstream's val/detect/export do).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _show_traceback(argv)
     argv = [a for a in argv if a != TRACEBACK_FLAG]
     try:
-        return main(parse_opt(argv))
+        opt = parse_opt(argv)
+        if echo:
+            from utils.general import print_args
+
+            print_args(opt, echo)
+        return main(opt)
     except USER_ERRORS as e:
         if verbose:
             raise
