@@ -293,3 +293,19 @@ def test_transfer_torchvision_mobilenet_backbone_by_order(tmp_path):
     assert n == n_features and total == len(model.state_dict())  # backbone features 0-11, nothing after
     sd, src = list(model.state_dict().values()), list(tv.values())
     assert all(torch.equal(sd[i].flatten(), src[i].flatten().to(sd[i].dtype)) for i in range(n))
+
+
+def test_load_model_gives_the_ema_weights_of_a_mid_training_checkpoint(tmp_path):
+    """val/detect/export and a teacher read last.pt's EMA (what validation measured), not the raw weights."""
+    model, ema = tiny_model(nc=2), _perturb_bn(tiny_model(nc=2))
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.5)
+    f = save_checkpoint(make_checkpoint(model, ema=ema, updates=3, optimizer={"state": {}}, epoch=4), tmp_path / "l.pt")
+    got = load_model(f).state_dict()
+    want = ema.state_dict()
+    assert all(torch.equal(got[k].float(), want[k].float()) for k in want)
+    assert transfer_weights(tiny_model(nc=2), f)[0] > 0  # --weights still starts from the raw model
+    raw = save_checkpoint(make_checkpoint(model), tmp_path / "raw.pt")
+    got = load_model(raw).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())

@@ -206,7 +206,11 @@ def _load_strict(model, state, path):
 
 
 def load_model(path, device="cpu", fuse=False, cfg=None):
-    """Ready DetectionModel (eval, float32, names/stride set) from ours, upstream YOLOv5 or a state_dict + cfg."""
+    """Ready DetectionModel (eval, float32, names/stride set) from ours, upstream YOLOv5 or a state_dict + cfg.
+
+    A mid-training checkpoint (last.pt) gives its EMA weights, the ones validation measured (as upstream's
+    loader does); best.pt and finished checkpoints hold the EMA as their model already.
+    """
     kind, obj = read_weights_file(path)
     if kind == "checkpoint":
         entry = obj["model"]
@@ -214,7 +218,7 @@ def load_model(path, device="cpu", fuse=False, cfg=None):
             model = _build_model(cfg, nc=entry.get("nc"))
         else:
             model = build_stored_model(entry["yaml"], path, nc=entry.get("nc"))
-        state, names = entry["state_dict"], entry.get("names")
+        state, names = obj.get("ema") or entry["state_dict"], entry.get("names")
     else:
         if cfg is None:
             raise CheckpointError(f"{path}: a plain state_dict holds no architecture; give cfg= (a model YAML)")
