@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 from utils.engine import RANK, Trainer  # noqa: E402
 from utils.general import LOGGER, increment_path, print_args  # noqa: E402
 from utils.options import CACHE_CHOICES, check_train_options  # noqa: E402
-from utils.run_dirs import latest_run  # noqa: E402
+from utils.resume import DEFAULT_EPOCHS  # noqa: E402
 
 DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
 
@@ -29,7 +29,7 @@ def build_parser():
     p.add_argument("--cfg", type=str, default="", help="model.yaml path")
     p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset.yaml path")
     p.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch-low.yaml"), help="hyperparameters path")
-    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="total training epochs")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs, -1 for autobatch")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
@@ -70,27 +70,6 @@ def parse_opt(known=False, args=None):
     return parser.parse_known_args(args)[0] if known else parser.parse_args(args)
 
 
-def _resume_opt(opt):
-    """Options of the run to resume (from its checkpoint); --epochs, --device, --workers may be changed."""
-    import argparse as ap
-
-    from utils.checkpoint import load_checkpoint
-
-    last = Path(opt.resume if isinstance(opt.resume, str) else latest_run(opt.project))
-    ckpt = load_checkpoint(last)
-    if ckpt.get("optimizer") is None or int(ckpt.get("epoch", -1)) < 0:
-        raise ValueError(f"{last}: not a resumable checkpoint (finished or stripped); use --weights instead")
-    defaults = vars(build_parser().parse_args([]))
-    saved = dict(ckpt.get("opt") or {})
-    new = ap.Namespace(**{**vars(opt), **saved})
-    if opt.epochs != defaults["epochs"]:
-        new.epochs = opt.epochs
-    new.device, new.workers = opt.device, opt.workers
-    new.resume, new.weights, new.evolve = True, str(last), None
-    new.save_dir = str(last.parent.parent)
-    return new, ckpt.get("hyp") or new.hyp
-
-
 def _check_file(path, what):
     if path and not Path(path).exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
@@ -102,18 +81,15 @@ def _resolve_cfg(cfg):
     return cfg
 
 
-def main(opt, plugin=None):
-    """Train with the options of build_parser() (optionally with an engine Plugin) -> final results tuple."""
+def main(opt, plugins=(), plugin=None):
+    """Train with the options of build_parser() and engine plugins (`plugin=p`: one) -> final results tuple."""
     if opt.evolve:
         raise SystemExit("train.py: --evolve (hyperparameter evolution) is not supported yet; "
                          "run train.py with a --hyp file instead")
     check_train_options(opt)  # before any work: --epochs 0, --batch-size 0 ... end here
     if RANK in (-1, 0):
         print_args(opt, "train")
-    if opt.resume:
-        new, hyp = _resume_opt(opt)
-        vars(opt).update(vars(new))  # the caller's namespace reflects the resumed run (save_dir, epochs...)
-    else:
+    if not opt.resume:  # on --resume the engine restores the run's options (into this namespace)
         opt.cfg = _resolve_cfg(opt.cfg)
         if not opt.cfg and not opt.weights:
             opt.cfg = _resolve_cfg(DEFAULT_CFG)
@@ -121,9 +97,8 @@ def main(opt, plugin=None):
         _check_file(opt.cfg, "--cfg")
         _check_file(opt.weights, "--weights")
         _check_file(opt.hyp, "--hyp")
-        hyp = opt.hyp
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
-    return Trainer(opt, hyp, plugin=plugin).run()
+    return Trainer(opt, opt.hyp, plugins=plugins, plugin=plugin).run()
 
 
 if __name__ == "__main__":

@@ -52,24 +52,16 @@ def train_args(data, project, *extra, epochs=2, batch=4, img=64, name="exp"):
             "--noplots", "--seed", "0", *extra]
 
 
-def run_train(args, plugin=None):
+def run_train(args, plugin=None, plugins=()):
     import train
 
     opt = train.parse_opt(args=args)
-    train.main(opt, plugin=plugin)
+    train.main(opt, plugins=plugins, plugin=plugin)
     return Path(opt.save_dir)
 
 
 def load_ckpt(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def needs_models():
-    try:
-        import models.yolo  # noqa: F401
-        import val  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"engine dependencies not available yet: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +180,6 @@ def _assert_same_states(a, b):
 
 
 def test_checkpoint_round_trip_and_resume_equivalence(tiny_data, tmp_path):
-    needs_models()
     full = run_train(train_args(tiny_data, tmp_path, "--noval", name="full"))
     with pytest.raises(KeyboardInterrupt):
         run_train(train_args(tiny_data, tmp_path, "--noval", name="cut"), plugin=Interrupt(0))
@@ -238,7 +229,6 @@ class FakePlugin(Plugin):
 
 
 def test_plugin_loss_column_trainable_module_and_teardown(tiny_data, tmp_path):
-    needs_models()
     p = FakePlugin()
     save = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1), plugin=p)
     assert p.calls[0] == "setup" and p.calls[-1] == "teardown" and "step" in p.calls
@@ -260,6 +250,51 @@ def test_plugin_loss_column_trainable_module_and_teardown(tiny_data, tmp_path):
     assert b.calls[-1] == "teardown"
 
 
+class Counter(Plugin):
+    """No loss names: its step_loss must still be called every step; it adds nothing to the loss."""
+
+    def __init__(self):
+        self.steps, self.torn_down = 0, False
+
+    def step_loss(self, imgs, targets, preds):
+        self.steps += 1
+        return None, {}
+
+    def teardown(self, engine):
+        self.torn_down = True
+
+
+def test_every_plugin_is_called_and_saved(tiny_data, tmp_path):
+    fake, counter = FakePlugin(), Counter()
+    save = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1), plugins=[counter, fake])
+    assert counter.steps == 2 and "step" in fake.calls  # 8 images at batch 4, every step
+    assert counter.torn_down and fake.calls[-1] == "teardown"
+    header = [c.strip() for c in (save / "results.csv").read_text().splitlines()[0].split(",")]
+    assert header[-2:] == ["x/lr2", "train/fake"]
+    states = load_ckpt(save / "weights/last.pt")["plugin"]["plugin_states"]
+    assert states[0] is None and torch.equal(states[1]["w"], fake.module.weight.detach())
+
+
+def test_plugins_teardown_all_and_restore_each_state():
+    from utils.plugins import Plugins
+
+    class Failing(Counter):
+        def teardown(self, engine):
+            raise RuntimeError("first")
+
+    a, b = Failing(), Counter()
+    with pytest.raises(RuntimeError, match="first"):
+        Plugins([a, b]).teardown(None)
+    assert b.torn_down  # the second plugin still released its resources
+    f1, f2 = FakePlugin(), FakePlugin()
+    nn.init.constant_(f1.module.weight, 3.0)
+    loaded = []
+    f2.load_state_dict = loaded.append
+    Plugins([Counter(), f2]).load_state_dict(Plugins([Counter(), f1]).state_dict())
+    assert len(loaded) == 1 and loaded[0]["w"].item() == 3.0
+    assert Plugins([Counter()]).state_dict() is None and Plugins([f1]).state_dict()["w"].item() == 3.0
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -267,7 +302,6 @@ def _free_port():
 
 
 def test_ddp_gloo_two_processes(tiny_data, tmp_path):
-    needs_models()
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed unavailable")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),

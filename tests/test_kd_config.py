@@ -70,10 +70,10 @@ def test_train_kd_parses_beta_once_and_hands_the_config_over(monkeypatch, tmp_pa
     calls, seen = [], {}
     real = kd_config_mod.parse_betas
     monkeypatch.setattr(kd_config_mod, "parse_betas", lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(train, "main", lambda opt, plugin=None: seen.update(opt=opt, plugin=plugin))
+    monkeypatch.setattr(train, "main", lambda opt, plugins=(): seen.update(opt=opt, plugins=plugins))
     train_kd.main(train_kd.parse_opt(["--teacher_weight", str(teacher), "--feat", "fgfi", "--beta", "at=2"]))
     assert len(calls) == 1
-    plugin, opt = seen["plugin"], seen["opt"]
+    (plugin,), opt = seen["plugins"], seen["opt"]
     assert isinstance(plugin, Distiller) and plugin.cfg.betas == {"fgfi": 1e-3} and plugin.loss_names == ("kd", "fgfi")
     assert opt.feat == ["fgfi"] and opt.noautoanchor and opt.bg_weight == 0.25
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import yaml
 
 from test_bad_data import make_bad_folder
-from test_engine import FakePlugin, load_ckpt, make_tiny_data, needs_models, run_train, train_args
+from test_engine import FakePlugin, load_ckpt, make_tiny_data, run_train, train_args
 from utils.cli import UserError, run_cli
 from utils.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_entries
 
@@ -48,7 +48,6 @@ def all_finite(path):
 # ----------------------------------------------------------------- bad data
 def test_fuzzed_dataset_trains_to_the_end_naming_each_problem_once(tmp_path, tiny_data, log):
     """16+ kinds of bad files (class 17 in a 6-class set among them): the run finishes, each named once."""
-    needs_models()
     images, cases = make_bad_folder(tmp_path / "bad")
     labels = images.parent / "labels"
     good = (images / "good.jpg").read_bytes()
@@ -74,7 +73,6 @@ def test_fuzzed_dataset_trains_to_the_end_naming_each_problem_once(tmp_path, tin
 
 def test_class_ids_out_of_range_dropped_in_val_set_too(tmp_path, log):
     """The engine gives nc to the val loader as well: the row is dropped and its file named once."""
-    needs_models()
     data = make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
     lb = tmp_path / "d" / "labels" / "val" / "0.txt"
     lb.write_text(lb.read_text() + "5 0.5 0.5 0.1 0.1\n")
@@ -83,7 +81,6 @@ def test_class_ids_out_of_range_dropped_in_val_set_too(tmp_path, log):
 
 
 def test_training_set_without_labels_is_refused_with_counts(tmp_path):
-    needs_models()
     data = make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
     for f in (tmp_path / "d" / "labels" / "train").glob("*.txt"):
         f.write_text("")
@@ -129,7 +126,6 @@ def test_guard_skips_counts_restores_bn_and_stops(log):
 
 
 def test_huge_lr0_never_saves_a_nonfinite_checkpoint(tiny_data, tmp_path, log):
-    needs_models()
     hyp = write_hyp(tmp_path / "hyp.yaml", lr0=1e30)
     save = run_train(train_args(tiny_data, tmp_path, "--hyp", str(hyp), "--save-period", "1", "--noval", epochs=2))
     assert "non-finite loss at epoch" in log.text and "so far" in log.text
@@ -143,7 +139,6 @@ def test_huge_lr0_never_saves_a_nonfinite_checkpoint(tiny_data, tmp_path, log):
 
 
 def test_consecutive_nonfinite_steps_stop_with_lr0_hint(tiny_data, tmp_path, capsys):
-    needs_models()
     import train
 
     hyp = write_hyp(tmp_path / "hyp.yaml", lr0=1e30, nonfinite_limit=2)
@@ -161,7 +156,6 @@ def test_consecutive_nonfinite_steps_stop_with_lr0_hint(tiny_data, tmp_path, cap
 # ----------------------------------------------------------------- resume after a crash
 def test_resume_after_crash_before_last_pt_never_duplicates_epochs(tiny_data, tmp_path, log):
     """Crash between epoch 1's results.csv row and its last.pt: last.pt is epoch 0's (from --save-period)."""
-    needs_models()
     save = run_train(train_args(tiny_data, tmp_path, "--noval", "--save-period", "1", epochs=2), plugin=FakePlugin())
     w = save / "weights"
     shutil.copy(w / "epoch0.pt", w / "last.pt")
@@ -240,7 +234,6 @@ def test_unknown_cache_choice_refused_at_parse_time(capsys):
 
 @pytest.mark.parametrize("cache", [None, "ram", "disk", "val"])
 def test_training_with_every_cache_choice(tmp_path, cache):
-    needs_models()
     data = make_tiny_data(tmp_path / "d", n_train=4, n_val=4)
     save = run_train(train_args(data, tmp_path, *(["--cache", cache] if cache else []), epochs=1))
     assert (save / "weights" / "last.pt").is_file()
@@ -297,7 +290,6 @@ def test_stray_npy_beside_an_image_is_never_read(tmp_path):
 
 # ----------------------------------------------------------------- AutoBatch
 def test_autobatch_on_cpu_falls_back_to_default(tiny_data, tmp_path, log):
-    needs_models()
     from utils.engine import autobatch
 
     assert autobatch(nn.Conv2d(3, 3, 1), 64, torch.device("cpu")) == 16

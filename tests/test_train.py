@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from test_engine import load_ckpt, make_tiny_data, needs_models, run_train, train_args
+from test_engine import load_ckpt, make_tiny_data, run_train, train_args
 
 UPSTREAM_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
                     "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
@@ -36,7 +36,6 @@ def test_evolve_says_unsupported():
 
 
 def test_end_to_end_outputs(tiny_data, tmp_path):
-    needs_models()
     args = [a for a in train_args(tiny_data, tmp_path, epochs=2, batch=2) if a != "--noplots"]
     save = run_train(args)
     assert save == tmp_path / "exp"
@@ -63,7 +62,6 @@ def _first_losses(save):
 
 
 def test_determinism_with_seed(tiny_data, tmp_path):
-    needs_models()
     a = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1, name="a"))
     b = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1, name="b"))
     c = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1, name="c") + ["--seed", "1"])

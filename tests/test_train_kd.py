@@ -1,6 +1,7 @@
 """train_kd.py end to end on a tiny generated dataset (CPU, 64 px, 1 epoch)."""
 
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,11 +120,12 @@ def test_zero_weights_reproduce_plain_training(tmp_path, tiny_data, teacher_file
 
 def test_missing_teacher_is_a_clear_error(tmp_path, tiny_data):
     import train_kd
+    from utils.cli import UserError
     opt = train_kd.parse_opt(common_args(tiny_data, tmp_path, "x"))
-    with pytest.raises(SystemExit, match="teacher_weight is required"):
+    with pytest.raises(UserError, match="teacher_weight is required"):
         train_kd.main(opt)
     opt.teacher_weight = str(tmp_path / "nope.pt")
-    with pytest.raises(SystemExit, match="nope.pt does not exist"):
+    with pytest.raises(UserError, match="nope.pt does not exist"):
         train_kd.main(opt)
     assert train_kd.parse_opt(["--no-kd"]).kd is False and train_kd.parse_opt([]).kd is True
 
@@ -133,6 +135,20 @@ def _interrupt_after_first_epoch(monkeypatch):
         if epoch == 0:
             raise KeyboardInterrupt("simulated kill after epoch 0")
     monkeypatch.setattr(distiller_mod.Distiller, "on_epoch_end", on_epoch_end, raising=False)
+
+
+def _count_reads(monkeypatch, path):
+    """Count load_checkpoint calls on `path` (wherever it is imported) -> a one-item list."""
+    import utils.checkpoint
+    import utils.resume
+    reads, real = [0], utils.checkpoint.load_checkpoint
+
+    def counting(f, *a, **k):
+        reads[0] += Path(f).resolve() == Path(path).resolve()
+        return real(f, *a, **k)
+    for mod in (utils.checkpoint, utils.resume):
+        monkeypatch.setattr(mod, "load_checkpoint", counting)
+    return reads
 
 
 def _last(save):
@@ -151,8 +167,10 @@ def test_kd_resume_equals_uninterrupted_run(tmp_path, tiny_data, teacher_file, m
             run_kd(tiny_data, tmp_path, "cut", teacher_file, two)
     cut = tmp_path / "cut"
     assert _last(cut)["epoch"] == 0 and _last(cut)["opt"]["teacher_weight"] == teacher_file
+    reads = _count_reads(monkeypatch, cut / "weights" / "last.pt")
     train_kd.main(train_kd.parse_opt(["--resume", str(cut / "weights" / "last.pt"), "--workers", "0",
                                       "--device", "cpu"]))
+    assert reads == [1]  # one read of last.pt restores options, KD options, weights and state
     a, b = _last(full), _last(cut)
     assert b["epoch"] == 1 and b["opt"]["feat"] == a["opt"]["feat"]
     states = [(a["model"]["state_dict"], b["model"]["state_dict"]), (a["ema"], b["ema"])]

@@ -1,4 +1,5 @@
-"""The one training engine (Trainer) and its extension point (Plugin). train.py and train_kd.py both run it."""
+"""The one training engine (Trainer); its extension point (Plugin, utils/plugins.py) is re-exported here.
+train.py and train_kd.py both run it."""
 
 import math
 import os
@@ -22,6 +23,8 @@ from utils.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, nonfinite_entries
 from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
 from utils.options import check_hyp, check_train_options
 from utils.results_log import append_row, drop_rows_from
+from utils.plugins import Plugin, Plugins  # noqa: F401 - Plugin is part of the engine interface
+from utils.resume import resume_run
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 RANK = int(os.getenv("RANK", -1))
@@ -30,43 +33,6 @@ NBS = 64  # nominal batch size
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
-
-
-class Plugin:
-    """Extension point of the engine. Every method has a no-op default.
-
-    In setup() the engine offers: model (bare DetectionModel, hyp set), device, hyp (scaled), opt, data_dict,
-    nc, names, imgsz, dataset, train_loader, save_dir, amp/autocast settings, rank.
-    """
-
-    loss_names: tuple = ()
-
-    def setup(self, engine):
-        """Model, data, device and hyp exist; the optimiser does not yet."""
-
-    def trainable_modules(self):
-        """Extra nn.Modules to optimise (same 3 parameter groups) and checkpoint; not in the EMA."""
-        return []
-
-    def on_train_start(self, engine):
-        """Optimiser, EMA and DDP wrapper exist; called once before the first step."""
-
-    def step_loss(self, imgs, targets, preds):
-        """Called in the autocast region after the student forward -> (loss (1,), {name: tensor})."""
-        return None, {}
-
-    def on_epoch_end(self, engine, epoch):
-        """After the epoch's validation and checkpoint."""
-
-    def teardown(self, engine):
-        """Always called (try/finally), also on error."""
-
-    def state_dict(self):
-        """Saved as ckpt['plugin'] in last.pt."""
-        return {}
-
-    def load_state_dict(self, state):
-        """Restored on --resume."""
 
 
 class EarlyStopping:
@@ -130,15 +96,19 @@ def clean_partial_saves(wdir):
 
 
 class Trainer:
-    """Trainer(opt, hyp, plugin).run() -> final (P, R, mAP50, mAP50-95, val box, obj, cls)."""
+    """Trainer(opt, hyp, plugins=[...]).run() -> final (P, R, mAP50, mAP50-95, val box, obj, cls).
 
-    def __init__(self, opt, hyp, plugin=None):
+    Every hook of every plugin is called, in list order; `plugin=p` is shorthand for `plugins=[p]`.
+    On opt.resume the engine restores the run (options, hyp, plugin options, weights and state) itself.
+    """
+
+    def __init__(self, opt, hyp, plugins=(), plugin=None):
         self.opt = opt
         self.hyp_in = hyp
-        self.plugin = plugin or Plugin()
+        self.plugins = Plugins([*plugins, *([plugin] if plugin is not None else [])])
         self.rank, self.local_rank, self.world_size = RANK, LOCAL_RANK, WORLD_SIZE
-        self.main = RANK in (-1, 0)
-        self.save_dir = Path(opt.save_dir)
+        self.is_main_process = RANK in (-1, 0)
+        self.resume_ckpt = None
 
     # ------------------------------------------------------------------ setup
     def _setup_device(self):
@@ -185,16 +155,15 @@ class Trainer:
         from utils.dataset_yaml import check_dataset
 
         opt = self.opt
-        if self.main:
+        if self.is_main_process:
             self.data_dict = check_dataset(opt.data)
         if self.world_size > 1:  # others wait for rank 0 (which may generate the synthetic set)
             dist.barrier()
-            if not self.main:
+            if not self.is_main_process:
                 self.data_dict = check_dataset(opt.data)
         d = self.data_dict
         self.nc = 1 if opt.single_cls else int(d["nc"])
         self.names = {0: "item"} if opt.single_cls and len(d["names"]) != 1 else dict(d["names"])
-        self.resume_ckpt = load_checkpoint(opt.weights) if opt.resume else None
         weights = str(opt.weights or "")
         anchors = self.hyp.get("anchors")
         if self.resume_ckpt is not None:
@@ -238,7 +207,7 @@ class Trainer:
         labels = [lb for lb in self.dataset.labels]
         _require_labels(self.dataset, d["train"])
         self.val_loader = None
-        if self.main:
+        if self.is_main_process:
             val_cache = None if opt.noval else "ram" if opt.cache == "val" else opt.cache
             self.val_loader = create_dataloader(
                 d["val"], self.imgsz, bs * 2, self.gs, opt.single_cls, hyp=hyp,
@@ -265,12 +234,12 @@ class Trainer:
 
     def _build_optim(self):
         opt, hyp = self.opt, self.hyp
-        self.extra_modules = list(self.plugin.trainable_modules() or [])
+        self.extra_modules = self.plugins.trainable_modules()
         self.optimizer = smart_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"],
                                          extra_modules=self.extra_modules)
         self.lf = lr_lambda(self.epochs, hyp["lrf"], opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.ema = ModelEMA(self.model) if self.main else None
+        self.ema = ModelEMA(self.model) if self.is_main_process else None
         self.start_epoch, self.best_fitness = 0, 0.0
         ck = self.resume_ckpt
         if ck is not None:
@@ -280,8 +249,7 @@ class Trainer:
             if self.ema is not None and ck.get("ema") is not None:
                 self.ema.ema.load_state_dict(ck["ema"])
                 self.ema.updates = int(ck.get("updates") or 0)
-            if ck.get("plugin") is not None:
-                self.plugin.load_state_dict(ck["plugin"])
+            self.plugins.load_state_dict(ck.get("plugin"))
             self.start_epoch = int(ck["epoch"]) + 1
             if self.start_epoch <= 0 or self.start_epoch >= self.epochs:
                 raise ValueError(f"{opt.weights}: training to {self.epochs} epochs is already done "
@@ -307,20 +275,23 @@ class Trainer:
             return self._run()
         finally:
             try:
-                self.plugin.teardown(self)
+                self.plugins.teardown(self)
             finally:
                 if self.world_size > 1 and dist.is_initialized():
                     dist.destroy_process_group()
 
     def _run(self):
         opt = self.opt
+        if opt.resume:  # the one read of last.pt: options, hyp, then weights and state below
+            self.resume_ckpt, self.hyp_in = resume_run(opt, self.plugins.items)
+        self.save_dir = Path(opt.save_dir)
         check_train_options(opt)
         self._load_hyp()
         self._setup_device()
         self.epochs = opt.epochs
         self.wdir = self.save_dir / "weights"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
-        if self.main:
+        if self.is_main_process:
             self.wdir.mkdir(parents=True, exist_ok=True)
             clean_partial_saves(self.wdir)
             yaml_save(self.save_dir / "hyp.yaml", self.hyp_orig)
@@ -329,23 +300,23 @@ class Trainer:
         self._build_model()
         self._build_data()
         self._scale_hyp()
-        self.plugin.setup(self)
+        self.plugins.call("setup", self)
         self._build_optim()
-        if self.main and self.start_epoch > 0:
+        if self.is_main_process and self.start_epoch > 0:
             n = drop_rows_from(self.save_dir / "results.csv", self.start_epoch)
             if n:
                 LOGGER.info(f"results.csv: dropped {n} row(s) of epoch {self.start_epoch} and later "
                             "(written before the interruption, trained again now)")
         self._wrap_ddp()
-        self.plugin.on_train_start(self)
+        self.plugins.call("on_train_start", self)
         self.tb = self._tensorboard()
         results = self._train_loop()
-        if self.main:
+        if self.is_main_process:
             results = self._final_validation(results)
         return results
 
     def _tensorboard(self):
-        if not self.main:
+        if not self.is_main_process:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -367,124 +338,169 @@ class Trainer:
             sampler.set_epoch(epoch)
 
     def _train_loop(self):
-        from utils.metrics import fitness
-
-        opt, hyp = self.opt, self.hyp
-        nb = len(self.train_loader)
-        nw = warmup_iters(hyp["warmup_epochs"], nb)
-        self.compute_loss = ComputeLoss(self.model)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        stopper = EarlyStopping(opt.patience)
-        names = tuple(self.plugin.loss_names)
+        """Every epoch from start_epoch: train it, then the end-of-epoch work -> last results tuple."""
+        self._prepare_loop()
         results = (0, 0, 0, 0, 0, 0, 0)
-        self.maps = np.zeros(self.nc)
-        clip_params = [p for p in self.model.parameters() if p.requires_grad]
-        extra_params = [p for m in self.extra_modules for p in m.parameters() if p.requires_grad]
-        self.guard = NonFiniteGuard(self.model, hyp.get("nonfinite_limit", DEFAULT_LIMIT), lr0=self.hyp_orig["lr0"],
-                                    distributed=self.world_size > 1, check_grads=not self.amp)
-        accumulate = self.accumulate
         t0 = time.time()
-        if self.main:
-            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nStarting training for {self.epochs} epochs...")
+        if self.is_main_process:
+            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\\nStarting training for {self.epochs} epochs...")
         epoch = self.start_epoch
         for epoch in range(self.start_epoch, self.epochs):
-            self.train_model.train()
-            self._epoch_seed(epoch)
-            if opt.image_weights and self.world_size == 1:
-                cw = self.model.class_weights.cpu().numpy() * (1 - self.maps) ** 2 / self.nc
-                iw = labels_to_image_weights(self.dataset.labels, self.nc, cw)
-                self.dataset.indices = random.choices(range(len(self.dataset)), weights=iw, k=len(self.dataset))
-            mloss = torch.zeros(3 + len(names), device=self.device)
-            n_ok = torch.zeros((), device=self.device)  # batches with a finite loss (the mean skips the others)
-            pbar = enumerate(self.train_loader)
-            if self.main:
-                LOGGER.info(("\n" + "%11s" * (7 + len(names))) %
-                            ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", *names, "Instances", "Size"))
-                pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
-            self.optimizer.zero_grad()
-            self.guard.start_window()
-            last_opt_step, last_log = epoch * nb - 1, 0.0
-            for i, (imgs, targets, paths, _) in pbar:
-                ni = i + nb * epoch
-                imgs = imgs.to(self.device, non_blocking=True).float() / 255
-                if ni <= nw:
-                    accumulate = apply_warmup(self.optimizer, ni, nw, epoch, self.lf, hyp, NBS, self.batch_size)
-                if opt.multi_scale:
-                    sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
-                    sf = sz / max(imgs.shape[2:])
-                    if sf != 1:
-                        ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
-                        imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
-                if self.channels_last:
-                    imgs = imgs.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_on):
-                    pred = self.train_model(imgs)
-                    loss, loss_items = self.compute_loss(pred, targets.to(self.device))
-                    if names:
-                        ploss, pitems = self.plugin.step_loss(imgs, targets, pred)
-                        if ploss is not None:
-                            loss = loss + ploss.float().reshape(-1)[:1]
-                        extra = [torch.as_tensor(pitems.get(n, 0.0), device=self.device).detach().float().reshape(())
-                                 for n in names]
-                        loss_items = torch.cat((loss_items, torch.stack(extra)))
-                    if self.world_size > 1:
-                        loss = loss * self.world_size
-                    if opt.quad:
-                        loss = loss * 4.0
-                scaler.scale(loss).backward()
-                self.guard.note_loss(loss)
-                if ni - last_opt_step >= accumulate or i == nb - 1:
-                    self._optimizer_step(scaler, clip_params, extra_params, epoch, i - (ni - last_opt_step) + 1)
-                    last_opt_step = ni
-                if self.main:
-                    ok = torch.isfinite(loss_items).all()
-                    n_ok = n_ok + ok
-                    mloss = torch.where(ok, mloss + (loss_items - mloss) / n_ok.clamp(min=1), mloss)
-                    now = time.time()
-                    if now - last_log > 0.5 or i == nb - 1:  # throttled host sync for the bar
-                        last_log = now
-                        mem = f"{torch.cuda.memory_reserved(self.device) / 1e9 if self.cuda else 0:.3g}G"
-                        pbar.set_description(("%11s" * 2 + "%11.4g" * (len(mloss) + 2)) %
-                                             (f"{epoch}/{self.epochs - 1}", mem, *mloss.tolist(),
-                                              targets.shape[0], imgs.shape[-1]))
-                    if not opt.noplots and ni < 3:
-                        from utils.plots import plot_images
-                        plot_images(imgs.detach().float().cpu(), targets, paths,
-                                    self.save_dir / f"train_batch{ni}.jpg", names=self.names)
-            if self.main:  # no finite batch at all: the epoch's train losses are unknown, not 0
-                mloss = torch.where(n_ok > 0, mloss, torch.full_like(mloss, float("nan")))
-            lr = [g["lr"] for g in self.optimizer.param_groups]
-            self.scheduler.step()
-            stop = False
-            if self.main:
-                self.ema.update_attr(self.model)
-                final_epoch = epoch + 1 == self.epochs
-                validated = not opt.noval or final_epoch
-                if validated:
-                    results, self.maps = self._validate(self.ema.ema)
-                fi = float(fitness(np.array(results).reshape(1, -1))[0])
-                if validated:
-                    stop = stopper(epoch, fi)
-                improved = fi > self.best_fitness
-                if improved:
-                    self.best_fitness = fi
-                self._log_epoch(epoch, mloss.tolist(), list(results), lr, names)
-                if not opt.nosave or final_epoch:
-                    self._save(epoch, improved or not self.best.exists())
-            self.plugin.on_epoch_end(self, epoch)
-            if self.world_size > 1:
-                flag = [stop]
-                dist.broadcast_object_list(flag, 0)
-                stop = flag[0]
+            mloss = self._train_epoch(epoch)
+            results, stop = self._end_epoch(epoch, mloss, results)
             if stop:
                 break
-        if self.main:
-            LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+        if self.is_main_process:
+            LOGGER.info(f"\\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         return results
 
-    def _optimizer_step(self, scaler, clip_params, extra_params, epoch, first_batch):
+    def _prepare_loop(self):
+        """Loss, grad scaler, early stopping, the non-finite guard and the parameters to clip."""
+        self.nb = len(self.train_loader)
+        self.nw = warmup_iters(self.hyp["warmup_epochs"], self.nb)
+        self.compute_loss = ComputeLoss(self.model)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.stopper = EarlyStopping(self.opt.patience)
+        self.loss_names = self.plugins.loss_names
+        self.maps = np.zeros(self.nc)
+        self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.extra_params = [p for m in self.extra_modules for p in m.parameters() if p.requires_grad]
+        self.guard = NonFiniteGuard(self.model, self.hyp.get("nonfinite_limit", DEFAULT_LIMIT),
+                                    lr0=self.hyp_orig["lr0"], distributed=self.world_size > 1,
+                                    check_grads=not self.amp)
+        self.accumulate_now = self.accumulate  # grows during warmup
+
+    def _train_epoch(self, epoch):
+        """One pass over the training set -> mean losses (box, obj, cls, plugin terms) of its finite batches."""
+        self.train_model.train()
+        self._epoch_seed(epoch)
+        if self.opt.image_weights and self.world_size == 1:
+            self._resample_images()
+        mloss = torch.zeros(3 + len(self.loss_names), device=self.device)
+        n_ok = torch.zeros((), device=self.device)  # batches with a finite loss (the mean skips the others)
+        pbar = self._progress_bar()
+        self.optimizer.zero_grad()
+        self.guard.start_window()
+        self.last_opt_step, self.last_log = epoch * self.nb - 1, 0.0
+        for i, (imgs, targets, paths, _) in pbar:
+            imgs, loss_items = self._train_step(epoch, i, imgs, targets)
+            if self.is_main_process:
+                ok = torch.isfinite(loss_items).all()
+                n_ok = n_ok + ok
+                mloss = torch.where(ok, mloss + (loss_items - mloss) / n_ok.clamp(min=1), mloss)
+                self._show_progress(pbar, epoch, i, mloss, imgs, targets, paths)
+        if self.is_main_process:  # no finite batch at all: the epoch's train losses are unknown, not 0
+            mloss = torch.where(n_ok > 0, mloss, torch.full_like(mloss, float("nan")))
+        return mloss
+
+    def _resample_images(self):
+        """--image-weights: draw this epoch's images by their classes' weights (poor mAP -> more often)."""
+        cw = self.model.class_weights.cpu().numpy() * (1 - self.maps) ** 2 / self.nc
+        iw = labels_to_image_weights(self.dataset.labels, self.nc, cw)
+        self.dataset.indices = random.choices(range(len(self.dataset)), weights=iw, k=len(self.dataset))
+
+    def _progress_bar(self):
+        pbar = enumerate(self.train_loader)
+        if self.is_main_process:
+            LOGGER.info(("\\n" + "%11s" * (7 + len(self.loss_names))) %
+                        ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", *self.loss_names, "Instances", "Size"))
+            pbar = tqdm(pbar, total=self.nb, bar_format="{l_bar}{bar:10}{r_bar}")
+        return pbar
+
+    def _train_step(self, epoch, i, imgs, targets):
+        """Forward, loss (detection + every plugin's), backward; an optimiser step when the accumulation
+        window is full -> (input batch as trained, loss items)."""
+        ni = i + self.nb * epoch
+        imgs = self._prepare_batch(imgs, ni, epoch)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_on):
+            pred = self.train_model(imgs)
+            loss, loss_items = self.compute_loss(pred, targets.to(self.device))
+            ploss, pitems = self.plugins.step_loss(imgs, targets, pred)
+            if ploss is not None:
+                loss = loss + ploss
+            if self.loss_names:
+                extra = [torch.as_tensor(pitems.get(n, 0.0), device=self.device).detach().float().reshape(())
+                         for n in self.loss_names]
+                loss_items = torch.cat((loss_items, torch.stack(extra)))
+            if self.world_size > 1:
+                loss = loss * self.world_size
+            if self.opt.quad:
+                loss = loss * 4.0
+        self.scaler.scale(loss).backward()
+        self.guard.note_loss(loss)
+        if ni - self.last_opt_step >= self.accumulate_now or i == self.nb - 1:
+            self._optimizer_step(epoch, i - (ni - self.last_opt_step) + 1)
+            self.last_opt_step = ni
+        return imgs, loss_items
+
+    def _prepare_batch(self, imgs, ni, epoch):
+        """uint8 -> float [0, 1] on the device; warmup lr/momentum; --multi-scale resize; channels_last."""
+        imgs = imgs.to(self.device, non_blocking=True).float() / 255
+        if ni <= self.nw:
+            self.accumulate_now = apply_warmup(self.optimizer, ni, self.nw, epoch, self.lf, self.hyp, NBS,
+                                               self.batch_size)
+        if self.opt.multi_scale:
+            sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
+            sf = sz / max(imgs.shape[2:])
+            if sf != 1:
+                ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
+                imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+        if self.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        return imgs
+
+    def _show_progress(self, pbar, epoch, i, mloss, imgs, targets, paths):
+        """The bar's running means (host sync at most every 0.5 s) and train_batch0-2.jpg."""
+        now = time.time()
+        if now - self.last_log > 0.5 or i == self.nb - 1:
+            self.last_log = now
+            mem = f"{torch.cuda.memory_reserved(self.device) / 1e9 if self.cuda else 0:.3g}G"
+            pbar.set_description(("%11s" * 2 + "%11.4g" * (len(mloss) + 2)) %
+                                 (f"{epoch}/{self.epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1]))
+        ni = i + self.nb * epoch
+        if not self.opt.noplots and ni < 3:
+            from utils.plots import plot_images
+            plot_images(imgs.detach().float().cpu(), targets, paths, self.save_dir / f"train_batch{ni}.jpg",
+                        names=self.names)
+
+    def _end_epoch(self, epoch, mloss, results):
+        """LR schedule step; on rank 0 validation, results.csv row and checkpoints; plugins' on_epoch_end;
+        early stopping agreed by all ranks -> (results, stop)."""
+        lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()
+        stop = False
+        if self.is_main_process:
+            results, stop = self._validate_log_save(epoch, mloss, results, lr)
+        self.plugins.call("on_epoch_end", self, epoch)
+        if self.world_size > 1:
+            flag = [stop]
+            dist.broadcast_object_list(flag, 0)
+            stop = flag[0]
+        return results, stop
+
+    def _validate_log_save(self, epoch, mloss, results, lr):
+        """EMA attributes, validation (each epoch, or the last with --noval), fitness, best/last.pt."""
+        from utils.metrics import fitness
+
+        self.ema.update_attr(self.model)
+        final_epoch = epoch + 1 == self.epochs
+        validated = not self.opt.noval or final_epoch
+        if validated:
+            results, self.maps = self._validate(self.ema.ema)
+        fi = float(fitness(np.array(results).reshape(1, -1))[0])
+        stop = self.stopper(epoch, fi) if validated else False
+        improved = fi > self.best_fitness
+        if improved:
+            self.best_fitness = fi
+        self._log_epoch(epoch, mloss.tolist(), list(results), lr, self.loss_names)
+        if not self.opt.nosave or final_epoch:
+            self._save(epoch, improved or not self.best.exists())
+        return results, stop
+
+    def _optimizer_step(self, epoch, first_batch):
         """Unscale, clip, step and update the EMA, unless the guard finds a non-finite loss or gradient in
         the accumulation window (then its gradients are dropped and the step is skipped)."""
+        scaler, clip_params, extra_params = self.scaler, self.clip_params, self.extra_params
         if self.world_size > 1 and extra_params:  # plugin modules are outside DDP: average their grads here
             for p in extra_params:
                 if p.grad is not None:
@@ -524,7 +540,7 @@ class Trainer:
         opt_plain = {k: _plain(v) for k, v in vars(self.opt).items()}
         ckpt = make_checkpoint(self.model, ema=self.ema.ema, updates=self.ema.updates, optimizer=self.optimizer,
                                epoch=epoch, best_fitness=self.best_fitness, opt=opt_plain, hyp=self.hyp_orig,
-                               plugin=self.plugin.state_dict() or None)
+                               plugin=self.plugins.state_dict())
         if not self._write(ckpt, self.last, epoch):
             return
         if is_best:  # EMA in float16, no optimiser, no plugin modules

@@ -3,7 +3,9 @@ from parsed flags or from the `opt` stored in a checkpoint (--resume)."""
 
 import argparse
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
+from utils.cli import UserError
 from utils.general import LOGGER
 
 from .features import FEATURE_LOSSES, feature_options
@@ -117,6 +119,20 @@ class KDConfig:
         for name, value in self.options.items():
             setattr(opt, name, value)
         return opt
+
+
+def check_teacher(path):
+    """A clear UserError when --teacher_weight is missing, absent or unreadable."""
+    if not path:
+        raise UserError("--teacher_weight is required (a teacher .pt checkpoint)")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"teacher checkpoint {path} does not exist")
+    try:
+        with open(p, "rb") as f:
+            f.read(4)
+    except OSError as e:
+        raise UserError(f"teacher checkpoint {path} is unreadable: {e}") from None
 
 
 def add_kd_args(parser):

@@ -2,12 +2,12 @@
 
 import torch
 
-from utils.engine import Plugin
 from utils.general import LOGGER, colorstr
+from utils.plugins import Plugin
 from utils.torch_utils import de_parallel
 
 from .adapters import AdapterSet
-from .config import KDConfig
+from .config import KDConfig, check_teacher
 from .features import FEATURE_LOSSES, FeatureContext
 from .losses import output_kd_loss
 from .pairing import pair_layers
@@ -33,12 +33,21 @@ class Distiller(Plugin):
     def __init__(self, cfg: KDConfig):
         if not isinstance(cfg, KDConfig):
             raise TypeError(f"Distiller takes a KDConfig (KDConfig.from_opt(opt)), got {type(cfg).__name__}")
-        self.cfg = cfg
-        self.loss_names = (("kd",) if cfg.kd else ()) + cfg.feat
+        self._use(cfg)
         self.teacher = self.adapters = None
         self.t_taps = self.s_taps = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
+
+    def _use(self, cfg):
+        self.cfg = cfg
+        self.loss_names = (("kd",) if cfg.kd else ()) + cfg.feat
+
+    def restore_options(self, opt, saved):
+        """--resume: the interrupted run's KD options (older key names read too), written back to opt."""
+        self._use(KDConfig.resumed(opt, saved))
+        check_teacher(self.cfg.teacher_weight)
+        self.cfg.store(opt)
 
     # ------------------------------------------------------------------ setup
     def setup(self, engine):
