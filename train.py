@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 from utils.engine import RANK, Trainer  # noqa: E402
 from utils.general import LOGGER, increment_path, print_args  # noqa: E402
 from utils.options import CACHE_CHOICES, check_train_options  # noqa: E402
+from utils.precision import CHOICES as PRECISIONS  # noqa: E402
 from utils.resume import DEFAULT_EPOCHS  # noqa: E402
 
 DEFAULT_CFG = "yolov5s.yaml"  # model used when neither --cfg nor --weights is given
@@ -59,7 +60,11 @@ def build_parser():
     p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="Automatic DDP Multi-GPU argument, do not modify")
-    p.add_argument("--bf16", action="store_true", help="CPU only: bfloat16 autocast (opt-in)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: fp16 AMP on CUDA; on a CPU bf16 autocast only where this CPU runs it faster "
+                        "(flags + a short probe), else fp32")
+    p.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    p.add_argument("--fp32", action="store_true", help="shorthand for --precision fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CPU, where it measured ~30%% faster)")
     return p

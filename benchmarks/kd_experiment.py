@@ -53,7 +53,7 @@ def parse_args(argv=None):
                    "(default: train_kd's per-loss defaults)")
     p.add_argument("--combo-feat", nargs="+", default=None, help="feature losses of 'combo' (default: best of this table)")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="subset of runs")
-    p.add_argument("--train-args", default="", help="extra flags for every run, e.g. \"--bf16\"")
+    p.add_argument("--train-args", default="", help="extra flags for every run, e.g. \"--precision bf16 --cache ram\"")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--overhead", action="store_true", help="time KD training steps instead of the table")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (--overhead)")

@@ -132,12 +132,24 @@ class Trainer:
         else:
             self.device = select_device(opt.device, batch_size=opt.batch_size)
         self.cuda = self.device.type == "cuda"
-        self.amp = self.cuda  # CUDA AMP (float16 + GradScaler)
-        self.bf16 = bool(getattr(opt, "bf16", False)) and not self.cuda
-        self.autocast_dtype = torch.float16 if self.amp else torch.bfloat16
-        self.autocast_on = self.amp or self.bf16
+        self._setup_precision()
         cl = getattr(opt, "channels_last", None)
         self.channels_last = (self.device.type == "cpu") if cl is None else bool(cl)
+
+    def _setup_precision(self):
+        """--precision (auto by default): the capability-based choice, rank 0's under DDP, logged once."""
+        from utils.precision import Precision, choose_precision, requested_precision
+
+        chosen = [choose_precision(requested_precision(self.opt), self.device.type) if self.is_main_process
+                  else None]
+        if self.world_size > 1:
+            dist.broadcast_object_list(chosen, 0)  # every rank trains in the precision rank 0 chose
+        self.precision = Precision(chosen[0].name, chosen[0].reason)
+        self.amp = self.precision.grad_scaler  # float16 autocast + GradScaler (CUDA)
+        self.autocast_on = self.precision.autocast
+        self.autocast_dtype = self.precision.autocast_dtype or torch.float32
+        if self.is_main_process:
+            LOGGER.info(f"precision: {self.precision.name} ({self.precision.reason})")
 
     def _load_hyp(self):
         hyp = self.hyp_in
