@@ -180,29 +180,71 @@ def test_kd_resume_equals_uninterrupted_run(tmp_path, tiny_data, teacher_file, m
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_ddp_kd_two_processes(tmp_path, tiny_data, teacher_file):
-    """train_kd.py under torch.distributed.run (gloo, 2 CPU ranks): teacher on each rank, adapter
-    gradients averaged across ranks, one run folder, KD columns and adapters saved by rank 0."""
-    import os
+DDP_DRIVER = """
+import sys
+import torch
+import train_kd
+from utils.distill import distiller as dm
+from utils.torch_utils import de_parallel
+
+out, kd_items, step = sys.argv[1], [], dm.Distiller.step_loss
+
+
+def step_loss(d, *a):
+    loss, items = step(d, *a)
+    kd_items.append({k: float(v) for k, v in items.items()})
+    return loss, items
+
+
+def on_epoch_end(d, engine, epoch):
+    if epoch + 1 == engine.epochs:
+        torch.save({"student": {k: v.detach().clone() for k, v in de_parallel(engine.model).named_parameters()},
+                    "adapters": {k: v.detach().clone() for k, v in d.adapters.named_parameters()},
+                    "items": kd_items}, f"{out}/rank{engine.rank}.pt")
+
+
+dm.Distiller.step_loss, dm.Distiller.on_epoch_end = step_loss, on_epoch_end
+train_kd.main(train_kd.parse_opt(sys.argv[2:]))
+"""
+
+
+def _free_port():
     import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_kd_two_processes(tmp_path, tiny_data, teacher_file):
+    """train_kd under torch.distributed.run (gloo, 2 CPU ranks, 3 optimiser steps): both ranks end with the
+    same student and the same adapters (broadcast at start, gradients averaged), a non-zero KD loss on each
+    rank, one run folder, KD columns and adapters saved by rank 0."""
+    import os
     import subprocess
     import sys
     from utils.general import ROOT
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed unavailable")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = common_args(tiny_data, tmp_path, "ddp") + ["--teacher_weight", teacher_file, "--feat", "ft", "--noval",
-                                                      "--batch-size", "4"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(ROOT / "train_kd.py"), *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=300)
+    driver, dumps = tmp_path / "driver.py", tmp_path / "dumps"
+    driver.write_text(DDP_DRIVER)
+    dumps.mkdir()
+    runs = tmp_path / "runs"
+    args = common_args(tiny_data, runs, "ddp") + ["--teacher_weight", teacher_file, "--feat", "ft", "fgfi",
+                                                  "--noval", "--batch-size", "4", "--epochs", "3"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(driver), str(dumps), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    with open(tmp_path / "ddp" / "results.csv") as f:
+    assert sorted(p.name for p in runs.iterdir()) == ["ddp"]
+    r0, r1 = (torch.load(dumps / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    for part in ("student", "adapters"):
+        assert r0[part] and r0[part].keys() == r1[part].keys()
+        assert all(torch.equal(r0[part][k], r1[part][k]) for k in r0[part]), part
+    for rank in (r0, r1):
+        assert len(rank["items"]) == 3 and all(it["kd"] > 0 and it["fgfi"] > 0 for it in rank["items"])
+    with open(runs / "ddp" / "results.csv") as f:
         rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
-    assert len(rows) == 1 and float(rows[0]["train/kd"]) > 0 and float(rows[0]["train/ft"]) > 0
-    last = _last(tmp_path / "ddp")
+    assert len(rows) == 3 and float(rows[-1]["train/kd"]) > 0 and float(rows[-1]["train/ft"]) > 0
+    last = _last(runs / "ddp")
     assert last["plugin"]["adapters"] and all(torch.isfinite(v.float()).all() for v in last["plugin"]["adapters"].values())

@@ -18,6 +18,7 @@ from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
 from utils.cli import UserError
+from utils.ddp_sync import average_grads, broadcast_modules
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, nonfinite_entries
 from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
@@ -280,6 +281,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.train_model = DDP(self.model, device_ids=[self.local_rank] if self.cuda else None,
                                    output_device=self.local_rank if self.cuda else None)
+            broadcast_modules(self.extra_modules)  # plugin modules (KD adapters) start as rank 0's
 
     # ------------------------------------------------------------------ run
     def run(self):
@@ -513,11 +515,8 @@ class Trainer:
         """Unscale, clip, step and update the EMA, unless the guard finds a non-finite loss or gradient in
         the accumulation window (then its gradients are dropped and the step is skipped)."""
         scaler, clip_params, extra_params = self.scaler, self.clip_params, self.extra_params
-        if self.world_size > 1 and extra_params:  # plugin modules are outside DDP: average their grads here
-            for p in extra_params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
+        if self.world_size > 1:  # plugin modules are outside DDP: average their grads here
+            average_grads(extra_params, self.world_size)
         scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(clip_params + extra_params, max_norm=10.0)
         try:
