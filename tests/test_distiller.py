@@ -39,8 +39,8 @@ def make_cfg(teacher_file, feat=(), beta=1.0, **kw):
     return KDConfig(teacher_weight=teacher_file, feat=tuple(feat), temperature=2.0, **kw)
 
 
-def fake_engine(student, cfg="student.yaml"):
-    return SimpleNamespace(model=student, hyp=student.hyp, amp=False, opt=SimpleNamespace(cfg=cfg, weights=""))
+def fake_engine(student, cfg="student.yaml", weights=""):
+    return SimpleNamespace(model=student, hyp=student.hyp, amp=False, opt=SimpleNamespace(cfg=cfg, weights=weights))
 
 
 def make_distiller(tmp_path, student, teacher, **kw):
@@ -227,11 +227,29 @@ def test_no_kd_no_feat_gives_zero_and_no_columns(tmp_path):
     d.teardown()
 
 
-def test_student_takes_teacher_anchors(tmp_path):
-    """A teacher whose anchors AutoAnchor changed still distils: the student adopts them."""
+def test_student_from_scratch_takes_teacher_anchors(tmp_path):
+    """A teacher whose anchors AutoAnchor changed still distils a student from scratch: it adopts them."""
     teacher, student = tiny_model(seed=1), tiny_model(seed=2)
     with torch.no_grad():
         teacher.model[-1].anchors.mul_(1.3)
     assert not torch.equal(teacher.model[-1].anchors, student.model[-1].anchors)
     make_distiller(tmp_path, student, teacher)
     assert torch.equal(teacher.model[-1].anchors, student.model[-1].anchors)
+
+
+def test_pretrained_student_with_other_anchors_is_refused(tmp_path):
+    """A --weights student is never re-anchored: different anchors stop the run, both sets named."""
+    from utils.cli import UserError
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2)
+    with torch.no_grad():
+        teacher.model[-1].anchors.mul_(1.5)
+    before = student.model[-1].anchors.clone()
+    d = Distiller(make_cfg(save_ours(teacher, tmp_path / "teacher.pt")))
+    with pytest.raises(UserError) as e:
+        d.setup(fake_engine(student, weights="pretrained_student.pt"))
+    msg = str(e.value)
+    t_px = (teacher.model[-1].anchors * teacher.model[-1].stride.view(-1, 1, 1))[0, 0].tolist()
+    s_px = (before * student.model[-1].stride.view(-1, 1, 1))[0, 0].tolist()
+    assert "pretrained_student.pt" in msg and "anchors" in msg
+    assert str([round(v, 1) for v in t_px])[1:-1] in msg and str([round(v, 1) for v in s_px])[1:-1] in msg
+    assert torch.equal(student.model[-1].anchors, before)

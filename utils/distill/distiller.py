@@ -2,6 +2,7 @@
 
 import torch
 
+from utils.cli import UserError
 from utils.general import LOGGER, colorstr
 from utils.plugins import Plugin
 from utils.torch_utils import de_parallel
@@ -21,6 +22,15 @@ def _teacher_raw(out):
     if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, tuple)):
         return list(out[1])
     return list(out)
+
+
+class IncompatibleModels(UserError, ValueError):
+    """Teacher and student cannot be distilled together (nc, names, strides or anchors)."""
+
+
+def _anchors_px(detect):
+    """Anchors of a Detect layer in input pixels, rounded for messages."""
+    return (detect.anchors * detect.stride.view(-1, 1, 1)).float().cpu().round(decimals=1).tolist()
 
 
 class Distiller(Plugin):
@@ -63,7 +73,8 @@ class Distiller(Plugin):
         teacher = load_model(self.teacher_file, device=device)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
-        self._adopt_teacher_anchors()
+        if not getattr(run_opt, "weights", ""):  # a pretrained student keeps the anchors its head learnt
+            self._adopt_teacher_anchors()
         self.check_compatible()
         self._read_hyp()
         self.nc = int(student.nc)
@@ -91,19 +102,20 @@ class Distiller(Plugin):
             self.pairs[name] = pairs
 
     def _adopt_teacher_anchors(self):
-        """Give the student the teacher's anchors (e.g. after the teacher's AutoAnchor) when the
-        levels and strides agree: output KD compares the two heads anchor by anchor."""
+        """A student from scratch takes the teacher's anchors (e.g. after the teacher's AutoAnchor) when
+        the levels and strides agree: output KD compares the two heads anchor by anchor."""
         td, sd = self.teacher.model[-1], self.student.model[-1]
         same_levels = td.anchors.shape == sd.anchors.shape and \
             self.teacher.stride.flatten().tolist() == self.student.stride.flatten().tolist()
         if same_levels and not torch.equal(td.anchors.float().cpu(), sd.anchors.float().cpu()):
             with torch.no_grad():
                 sd.anchors.copy_(td.anchors.to(sd.anchors.device, sd.anchors.dtype))
-            LOGGER.info(f"{colorstr('distill:')} student {self.student_file} takes the anchors of teacher "
-                        f"{self.teacher_file}: {(td.anchors * td.stride.view(-1, 1, 1)).round().tolist()} px")
+            LOGGER.info(f"{colorstr('distill:')} student {self.student_file} (from scratch) takes the anchors of teacher "
+                        f"{self.teacher_file}: {_anchors_px(td)} px")
 
     def check_compatible(self):
-        """Fail with a message naming both files when nc, names, strides or anchors differ."""
+        """Fail (IncompatibleModels) with a message naming both files when nc, names, strides or anchors differ
+        (a pretrained student whose anchors are not the teacher's: both sets named, in pixels)."""
         t, s = self.teacher, self.student
         td, sd = t.model[-1], s.model[-1]
         problems = []
@@ -119,10 +131,11 @@ class Distiller(Plugin):
         elif td.anchors.shape != sd.anchors.shape or not torch.allclose(
                 (td.anchors * td.stride.view(-1, 1, 1)).float().cpu(), (sd.anchors * sd.stride.view(-1, 1, 1)).float().cpu(),
                 rtol=1e-3, atol=1e-2):
-            problems.append(f"anchors (pixels) {(td.anchors * td.stride.view(-1, 1, 1)).tolist()} vs "
-                            f"{(sd.anchors * sd.stride.view(-1, 1, 1)).tolist()} (autoanchor? use --noautoanchor)")
+            problems.append(f"anchors (pixels) {_anchors_px(td)} vs {_anchors_px(sd)} (a --weights student keeps "
+                            "its own anchors: distil from a teacher with the same anchors, or train the student "
+                            "from scratch (--cfg) to take the teacher's)")
         if problems:
-            raise ValueError(f"teacher {self.teacher_file} and student {self.student_file} are incompatible "
+            raise IncompatibleModels(f"teacher {self.teacher_file} and student {self.student_file} are incompatible "
                              f"(teacher vs student): {'; '.join(problems)}")
 
     def _read_hyp(self):
