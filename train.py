@@ -39,7 +39,9 @@ def build_parser():
     p.add_argument("--noval", action="store_true", help="only validate final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters (not supported yet)")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x generations")
+    p.add_argument("--resume_evolve", "--resume-evolve", dest="resume_evolve", type=str, default=None,
+                   help="continue the --evolve search in this runs/evolve/expN folder")
     p.add_argument("--cache", type=str, nargs="?", const="ram", choices=CACHE_CHOICES,
                    help="cache images: ram (default), disk, or val (the validation set only, in RAM)")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
@@ -86,11 +88,12 @@ def _resolve_cfg(cfg):
     return cfg
 
 
-def main(opt, plugins=(), plugin=None):
-    """Train with the options of build_parser() and engine plugins (`plugin=p`: one) -> final results tuple."""
-    if opt.evolve:
-        raise SystemExit("train.py: --evolve (hyperparameter evolution) is not supported yet; "
-                         "run train.py with a --hyp file instead")
+def main(opt, plugins=(), plugin=None, evolve_plugins=None, evolve_genes=(), apply_genes=None):
+    """Train with the options of build_parser() and engine plugins (`plugin=p`: one) -> final results tuple.
+
+    With --evolve / --resume_evolve: a hyperparameter search instead (utils/evolve.py) -> hyp_evolve.yaml;
+    evolve_plugins(opt) makes each generation's plugins, evolve_genes/apply_genes add genes beyond the hyp.
+    """
     check_train_options(opt)  # before any work: --epochs 0, --batch-size 0 ... end here
     if RANK in (-1, 0):
         print_args(opt, "train")
@@ -102,8 +105,21 @@ def main(opt, plugins=(), plugin=None):
         _check_file(opt.cfg, "--cfg")
         _check_file(opt.weights, "--weights")
         _check_file(opt.hyp, "--hyp")
+        if opt.evolve or opt.resume_evolve:
+            return _evolve(opt, evolve_plugins, evolve_genes, apply_genes)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     return Trainer(opt, opt.hyp, plugins=plugins, plugin=plugin).run()
+
+
+def _evolve(opt, plugin_factory, extra_genes, apply_genes):
+    from utils.evolve import evolve_dir, evolve_training
+    from utils.general import yaml_load
+    from utils.options import check_hyp
+
+    hyp = yaml_load(opt.hyp)
+    check_hyp(hyp, opt.hyp)
+    save_dir = evolve_dir(opt, (build_parser().get_default("project"), ROOT / "runs" / "kd"))
+    return evolve_training(opt, hyp, save_dir, plugin_factory, extra_genes, apply_genes)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,31 @@ def main(opt):
         LOGGER.info("train_kd: AutoAnchor off (--noautoanchor): the student keeps the teacher's anchors")
         opt.noautoanchor = True
     cfg.store(opt)
+    if opt.evolve or opt.resume_evolve:
+        return train.main(opt, evolve_plugins=lambda o: [Distiller(KDConfig.from_opt(o))],
+                          evolve_genes=kd_genes(cfg), apply_genes=apply_kd_genes)
     return train.main(opt, plugins=[Distiller(cfg)])
+
+
+def kd_genes(cfg):
+    """The KD options --evolve searches, as [(Gene, start value)]: the output-KD weight alpha, the
+    temperature where a loss uses it, and each selected feature loss's beta (within 1/10..10x its start)."""
+    from utils.evolve import Gene
+
+    genes = [(Gene("kd_alpha", 1, 0.0, 5.0), cfg.alpha)] if cfg.kd else []
+    if cfg.kd and cfg.kd_loss_selected == "kl" or "cwd" in cfg.feat:
+        genes.append((Gene("kd_temperature", 1, 1.0, 10.0), cfg.temperature))
+    genes += [(Gene(f"kd_beta_{name}", 1, beta / 10, beta * 10), beta) for name, beta in cfg.betas.items()]
+    return genes
+
+
+def apply_kd_genes(opt, values):
+    """Write one generation's KD gene values into its train_kd options (read by KDConfig.from_opt)."""
+    opt.alpha = values.get("kd_alpha", opt.alpha)
+    opt.temperature = values.get("kd_temperature", opt.temperature)
+    betas = [f"{k[len('kd_beta_'):]}={v:g}" for k, v in values.items() if k.startswith("kd_beta_")]
+    if betas:
+        opt.beta = betas
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared pytest fixtures: repo paths, the shared data folder, small thread counts."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+os.environ["YOLOV5KD_PRECISION"] = "fp32"  # --precision auto must not make results depend on this CPU's probe
 
 from utils.general import LOGGER  # noqa: E402
 

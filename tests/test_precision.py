@@ -23,7 +23,8 @@ def test_auto_follows_the_probe_where_flags_claim_bf16(speedup, expected):
     assert (p.autocast_dtype == torch.bfloat16) == (expected == "bf16") and not p.grad_scaler
 
 
-def test_explicit_choices_and_shorthands():
+def test_explicit_choices_and_shorthands(monkeypatch):
+    monkeypatch.delenv("YOLOV5KD_PRECISION", raising=False)
     assert choose_precision("fp32", "cpu", flags={"amx_bf16"}, probe=never_probed).name == "fp32"
     slow = choose_precision("bf16", "cpu", flags=set(), probe=never_probed)
     assert slow.name == "bf16" and "slower" in slow.reason  # the user's choice, with a warning in the log
@@ -61,3 +62,16 @@ def test_engine_trains_in_the_chosen_precision_and_logs_it_once(tmp_path, caplog
     run_train(train_args(data, tmp_path / "runs", flag, "--noval", epochs=1))
     lines = [r.getMessage() for r in caplog_yolo.records if r.getMessage().startswith("precision:")]
     assert len(lines) == 1 and lines[0].startswith(f"precision: {expected} ")
+
+
+def test_auto_can_be_pinned_by_the_environment(monkeypatch):
+    class Opt:
+        precision, bf16, fp32 = "auto", False, False
+
+    monkeypatch.setenv("YOLOV5KD_PRECISION", "fp32")
+    assert requested_precision(Opt()) == "fp32"
+    Opt.precision = "bf16"  # an explicit choice is never overridden
+    assert requested_precision(Opt()) == "bf16"
+    monkeypatch.delenv("YOLOV5KD_PRECISION")
+    Opt.precision = "auto"
+    assert requested_precision(Opt()) == "auto"

@@ -146,6 +146,7 @@ class Trainer:
         if self.world_size > 1:
             dist.broadcast_object_list(chosen, 0)  # every rank trains in the precision rank 0 chose
         self.precision = Precision(chosen[0].name, chosen[0].reason)
+        self.opt.precision = self.precision.name  # recorded in opt.yaml and last.pt: a resumed run keeps it
         self.amp = self.precision.grad_scaler  # float16 autocast + GradScaler (CUDA)
         self.autocast_on = self.precision.autocast
         self.autocast_dtype = self.precision.autocast_dtype or torch.float32

@@ -7,6 +7,7 @@ confirms that it is faster here; otherwise fp32. On CUDA, ``auto`` is fp16 AMP w
 upstream YOLOv5 trains.
 """
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from utils.cli import OptionError
 
 CHOICES = ("auto", "fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+PIN_ENV = "YOLOV5KD_PRECISION"
 MIN_PROBE_SPEEDUP = 1.15  # bf16 must beat fp32 by this much in the probe to be chosen
 
 
@@ -105,9 +107,11 @@ def choose_precision(requested="auto", device_type="cpu", flags=None, probe=prob
 
 
 def requested_precision(opt):
-    """--precision, with the older shorthands: --bf16 means bf16, --fp32 means fp32."""
+    """--precision, with the older shorthands (--bf16, --fp32); 'auto' may be pinned for every run on a
+    machine with the environment variable YOLOV5KD_PRECISION (e.g. fp32 for reproducible test runs)."""
     if getattr(opt, "bf16", False):
         return "bf16"
     if getattr(opt, "fp32", False):
         return "fp32"
-    return getattr(opt, "precision", None) or "auto"
+    requested = getattr(opt, "precision", None) or "auto"
+    return os.environ.get(PIN_ENV, "").strip() or requested if requested == "auto" else requested
