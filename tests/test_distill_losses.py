@@ -101,12 +101,14 @@ def test_fgfi_empty_mask_is_zero_not_nan():
     assert torch.isfinite(s.grad).all()
 
 
-def test_fgfi_normalised_by_positive_cells():
-    f_t = torch.zeros(1, 4, 4, 4)
-    f_s = torch.ones(1, 4, 4, 4)
+@pytest.mark.parametrize("channels", [4, 8])
+def test_fgfi_normalised_by_positive_cells(channels):
+    """The paper's 1 / (2 N_p), N_p = mask points: errors are summed over channels, not averaged."""
+    f_t = torch.zeros(1, channels, 4, 4)
+    f_s = torch.ones(1, channels, 4, 4)
     mask = torch.zeros(1, 4, 4)
-    mask[0, 0, :3] = 1  # 3 cells x 4 channels, each squared error 1
-    assert math.isclose(losses.fgfi_loss(f_s, f_t, mask).item(), 12 / (2 * 12))
+    mask[0, 0, :3] = 1  # 3 positive cells, each with `channels` squared errors of 1
+    assert math.isclose(losses.fgfi_loss(f_s, f_t, mask).item(), 3 * channels / (2 * 3))
 
 
 # ------------------------------------------------------------------ masks

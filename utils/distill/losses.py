@@ -101,7 +101,8 @@ def ft_loss(f_s_adapted, f_t):
 # Fine-grained feature imitation and channel-wise distillation
 # ----------------------------------------------------------------------------------------
 def fgfi_loss(f_s_adapted, f_t, mask):
-    """L_fgfi = sum(I * (A(F_s) - F_t)^2) / (2 * N_p), N_p = positive cells x channels.
+    """L_fgfi = sum(I * (A(F_s) - F_t)^2) / (2 * N_p), N_p = positive mask points (cells, not x channels),
+    as in Wang et al. 2019: the squared error is summed over channels.
 
     mask: (bs, H, W) imitation mask. Returns 0 (not NaN) when the mask is empty, without a
     host synchronisation (the denominator is clamped to >= 1).
@@ -110,8 +111,7 @@ def fgfi_loss(f_s_adapted, f_t, mask):
         raise ValueError(f"adapted student {tuple(f_s_adapted.shape)} != teacher {tuple(f_t.shape)}")
     m = mask.float().unsqueeze(1)  # (bs, 1, H, W)
     sq = (f_s_adapted.float() - f_t.detach().float()).pow(2) * m
-    n_pos = m.sum() * f_t.shape[1]
-    return sq.sum() / (2.0 * n_pos.clamp(min=1.0))
+    return sq.sum() / (2.0 * m.sum().clamp(min=1.0))
 
 
 def cwd_loss(f_s_adapted, f_t, tau=1.0):
