@@ -358,7 +358,7 @@ class Trainer:
         results = (0, 0, 0, 0, 0, 0, 0)
         t0 = time.time()
         if self.is_main_process:
-            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\\nStarting training for {self.epochs} epochs...")
+            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nStarting training for {self.epochs} epochs...")
         epoch = self.start_epoch
         for epoch in range(self.start_epoch, self.epochs):
             mloss = self._train_epoch(epoch)
@@ -366,7 +366,7 @@ class Trainer:
             if stop:
                 break
         if self.is_main_process:
-            LOGGER.info(f"\\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+            LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         return results
 
     def _prepare_loop(self):
@@ -417,7 +417,7 @@ class Trainer:
     def _progress_bar(self):
         pbar = enumerate(self.train_loader)
         if self.is_main_process:
-            LOGGER.info(("\\n" + "%11s" * (7 + len(self.loss_names))) %
+            LOGGER.info(("\n" + "%11s" * (7 + len(self.loss_names))) %
                         ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", *self.loss_names, "Instances", "Size"))
             pbar = tqdm(pbar, total=self.nb, bar_format="{l_bar}{bar:10}{r_bar}")
         return pbar
