@@ -180,6 +180,30 @@ def test_kd_resume_equals_uninterrupted_run(tmp_path, tiny_data, teacher_file, m
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_optimizer_steps_counted_as_upstream(tmp_path, tiny_data, monkeypatch):
+    """Batch 1 (nominal 64), 4 batches x 3 epochs, all in warmup (accumulate 1, 2, 2, 3, 4, 4, 5, 5, ...):
+    upstream steps at iterations 0, 2 and 7 only; no extra step closes an epoch's partial window."""
+    import train
+    from utils import engine
+    steps = []
+    real = engine.Trainer._optimizer_step
+
+    def counting(self, epoch, first_batch):
+        steps.append((epoch, first_batch))
+        return real(self, epoch, first_batch)
+    monkeypatch.setattr(engine.Trainer, "_optimizer_step", counting)
+    args = common_args(tiny_data, tmp_path, "acc") + ["--batch-size", "1", "--epochs", "3", "--noval", "--nosave"]
+    train.main(train.parse_opt(args=args))
+    assert steps == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_resumed_accumulation_continues_the_schedule():
+    """A run resumed at iteration ni continues from the last step the uninterrupted run took."""
+    from utils.accumulation import last_step_before
+    assert [last_step_before(ni, 100, 64, 1) for ni in (0, 1, 3, 4, 8, 12)] == [-1, 0, 2, 2, 7, 7]
+    assert last_step_before(1000, 100, 64, 16) % 4 == 3  # after warmup: every 4th batch, phase kept
+
+
 DDP_DRIVER = """
 import sys
 import torch

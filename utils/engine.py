@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.accumulation import last_step_before
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
@@ -181,14 +182,16 @@ class Trainer:
         weights = str(opt.weights or "")
         anchors = self.hyp.get("anchors")
         if self.resume_ckpt is not None:
-            self.model = build_stored_model(self.resume_ckpt["model"]["yaml"], weights, nc=self.nc)
+            self.model = build_stored_model(self.resume_ckpt["model"]["yaml"], weights, nc=self.nc,
+                                            state=self.resume_ckpt["model"]["state_dict"])
             self.model.load_state_dict(self.resume_ckpt["model"]["state_dict"])
         elif weights:
             if opt.cfg:
                 self.model = DetectionModel(opt.cfg, ch=3, nc=self.nc, anchors=anchors)
             else:
-                yaml_dict = load_checkpoint(weights)["model"]["yaml"]
-                self.model = build_stored_model(yaml_dict, weights, nc=self.nc, anchors=anchors)
+                stored = load_checkpoint(weights)["model"]
+                self.model = build_stored_model(stored["yaml"], weights, nc=self.nc, anchors=anchors,
+                                                state=stored["state_dict"])
             transfer_weights(self.model, weights, exclude=("anchor",) if (opt.cfg or anchors) else ())
         else:
             if not opt.cfg:
@@ -384,6 +387,7 @@ class Trainer:
                                     lr0=self.hyp_orig["lr0"], distributed=self.world_size > 1,
                                     check_grads=not self.amp)
         self.accumulate_now = self.accumulate  # grows during warmup
+        self.last_opt_step = last_step_before(self.start_epoch * self.nb, self.nw, NBS, self.batch_size)
 
     def _train_epoch(self, epoch):
         """One pass over the training set -> mean losses (box, obj, cls, plugin terms) of its finite batches."""
@@ -396,7 +400,7 @@ class Trainer:
         pbar = self._progress_bar()
         self.optimizer.zero_grad()
         self.guard.start_window()
-        self.last_opt_step, self.last_log = epoch * self.nb - 1, 0.0
+        self.last_log = 0.0
         for i, (imgs, targets, paths, _) in pbar:
             imgs, loss_items = self._train_step(epoch, i, imgs, targets)
             if self.is_main_process:
@@ -443,8 +447,8 @@ class Trainer:
                 loss = loss * 4.0
         self.scaler.scale(loss).backward()
         self.guard.note_loss(loss)
-        if ni - self.last_opt_step >= self.accumulate_now or i == self.nb - 1:
-            self._optimizer_step(epoch, i - (ni - self.last_opt_step) + 1)
+        if ni - self.last_opt_step >= self.accumulate_now:  # upstream's count: no extra step at an epoch's end
+            self._optimizer_step(epoch, max(i - (ni - self.last_opt_step) + 1, 0))
             self.last_opt_step = ni
         return imgs, loss_items
 
