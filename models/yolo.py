@@ -101,10 +101,12 @@ class Detect(YamlSpec, nn.Module):
 class DetectionModel(nn.Module):
     """YOLOv5 detection model built from a YAML path or dict (see ARCHITECTURE.md for attributes)."""
 
-    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None, source=None, allow_imports=None):
+    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None, source=None, allow_imports=None,
+                 max_params=None):
         """cfg: a model YAML path (the user's own file: its blocks may be dotted import paths) or a dict
         (data, e.g. stored in a weights file: blocks resolve only among known nn.Module classes).
-        source names the dict's origin in errors; allow_imports overrides the path/dict default."""
+        source names the dict's origin in errors; allow_imports overrides the path/dict default;
+        max_params bounds the size of a model rebuilt from a weights file (checked before allocating)."""
         super().__init__()
         if isinstance(cfg, dict):
             self.yaml, self.yaml_file, row_lines = deepcopy(cfg), str(source or "<dict>"), None
@@ -121,7 +123,7 @@ class DetectionModel(nn.Module):
             LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors)
         self.model, self.save, self.rows = parse_model(deepcopy(self.yaml), ch, self.yaml_file, row_lines,
-                                                       allow_imports=allow_imports)
+                                                       allow_imports=allow_imports, max_params=max_params)
         self.nc = self.yaml["nc"]
         self.names = {i: str(i) for i in range(self.nc)}
         self.inplace = self.yaml.get("inplace", True)
@@ -431,17 +433,24 @@ def _yaml_build(cls, c_in, args, n, width):
     return list(args), n, c_in[0]
 
 
-def parse_model(d, ch, source="<dict>", row_lines=None, allow_imports=False):
+def _layer_params(cls, ctor, n):
+    """Parameter count of n blocks cls(*ctor), measured on the meta device (no memory allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in cls(*ctor).parameters()) * n
+
+
+def parse_model(d, ch, source="<dict>", row_lines=None, allow_imports=False, max_params=None):
     """Model dict -> (nn.Sequential of layers, sorted save list, per-layer row descriptions).
 
     allow_imports: resolve dotted module paths by importing them (only for the user's own --cfg file).
+    max_params: refuse, before allocating it, a layer that takes the model past this many parameters.
     """
     nc, gd, gw = d["nc"], d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     anchors = d.get("anchors")
     names = {"nc": nc, "anchors": anchors, "None": None}
     LOGGER.debug(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     rows = [("backbone", k, r) for k, r in enumerate(d["backbone"])] + [("head", k, r) for k, r in enumerate(d["head"])]
-    layers, save, chs, descriptions = [], [], [], []
+    layers, save, chs, descriptions, n_params = [], [], [], [], 0
     for i, (section, k, (f, n, mname, args)) in enumerate(rows):
         line = f" (line {row_lines[(section, k)]})" if row_lines and (section, k) in row_lines else ""
         where = f"{source}: layer {i} = {section} row {k}{line} {[f, n, mname, args]}"
@@ -461,7 +470,14 @@ def parse_model(d, ch, source="<dict>", row_lines=None, allow_imports=False):
         n = n_ = max(round(n * gd), 1) if n > 1 else n
         try:
             ctor, n, c_out = _yaml_build(cls, c_in, args, n, gw)
+            if max_params is not None:  # size it on the meta device first: nothing is allocated
+                n_params += _layer_params(cls, ctor, n)
+                if n_params > max_params:
+                    raise ModelConfigError(f"{where}: the model grows past {max_params:,} parameters here, more "
+                                           f"than its weights file holds")
             m_ = nn.Sequential(*(cls(*ctor) for _ in range(n))) if n > 1 else cls(*ctor)
+        except ModelConfigError:
+            raise
         except Exception as e:
             raise ModelConfigError(f"{where}: cannot build {mname} with input channels {c_in}: {e}") from None
         m_.i, m_.f, m_.type = i, f, f"{cls.__module__}.{cls.__qualname__}"

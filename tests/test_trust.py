@@ -113,6 +113,15 @@ def test_stored_yaml_sizes_are_bounded(tiny_model, tmp_path):
         load_model(f)
 
 
+def test_stored_yaml_larger_than_its_weights_is_refused_before_allocating(tiny_model, tmp_path):
+    ckpt = make_checkpoint(tiny_model)
+    ckpt["model"]["yaml"]["head"].insert(0, [-1, 1, "nn.Linear", [100_000, 100_000]])  # 10^10 parameters
+    ckpt["model"]["yaml"]["head"][-1][0] = [13, 10, 7]
+    f = save_checkpoint(ckpt, tmp_path / "big.pt")
+    with pytest.raises(CheckpointError, match="more than its weights file holds"):
+        load_model(f)
+
+
 def test_malformed_entries_of_our_format_are_named(tiny_model, tmp_path):
     ckpt = make_checkpoint(tiny_model)
     ckpt["model"]["state_dict"] = {"model.0.conv.weight": "not a tensor"}

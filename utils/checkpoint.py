@@ -163,11 +163,12 @@ def load_checkpoint(path):
     return obj
 
 
-def build_stored_model(yaml_dict, path, nc=None, anchors=None):
+def build_stored_model(yaml_dict, path, nc=None, anchors=None, state=None):
     """DetectionModel from the model YAML stored in weights file ``path``: data, never code.
 
-    Its blocks resolve only among known nn.Module classes (no imports); any failure to rebuild it is a
-    CheckpointError naming the file, the layer and how to load the weights anyway.
+    Its blocks resolve only among known nn.Module classes (no imports); with the file's ``state`` dict,
+    a YAML describing a model much larger than the weights it came with is refused before allocation.
+    Any failure to rebuild it is a CheckpointError naming the file, the layer and how to load it anyway.
     """
     from models.yolo import DetectionModel, ModelConfigError
 
@@ -176,8 +177,9 @@ def build_stored_model(yaml_dict, path, nc=None, anchors=None):
     if nc is not None and not (isinstance(nc, int) and 0 < nc <= 100_000):
         raise CheckpointError(f"{path}: stored class count nc={nc!r} is not an int in 1..100000")
     try:
+        budget = None if state is None else 2 * sum(v.numel() for v in state.values()) + 100_000
         return DetectionModel(copy.deepcopy(yaml_dict), ch=3, nc=nc, anchors=anchors, source=path,
-                              allow_imports=False)
+                              allow_imports=False, max_params=budget)
     except ModelConfigError as e:
         raise CheckpointError(f"{e} -- to load these weights anyway, give your own model YAML with --cfg "
                               f"(it may name your module by dotted path), or register the class with "
@@ -217,7 +219,7 @@ def load_model(path, device="cpu", fuse=False, cfg=None):
         if cfg is not None:
             model = _build_model(cfg, nc=entry.get("nc"))
         else:
-            model = build_stored_model(entry["yaml"], path, nc=entry.get("nc"))
+            model = build_stored_model(entry["yaml"], path, nc=entry.get("nc"), state=entry["state_dict"])
         state, names = obj.get("ema") or entry["state_dict"], entry.get("names")
     else:
         if cfg is None:
