@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.distill.features import FEATURE_LOSSES  # noqa: E402
+from utils.distill.health import grad_norm  # noqa: E402 - the run's KD health check measures the same
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "upstream_yolov5s_neu224.pt"
 FEATS = tuple(FEATURE_LOSSES)
@@ -43,13 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "kd" / "kd_grad_balance.json"))
     return p.parse_args(argv)
-
-
-def grad_norm(loss, params):
-    """Norm of d loss / d params (graph kept for the next term)."""
-    import torch
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads if g is not None), torch.zeros(()))))
 
 
 def build(a, device):

@@ -108,7 +108,7 @@ def test_parse_feats():
 
 def test_parse_betas():
     defaults = default_betas()
-    assert defaults == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 5e-6, "cwd": 1e-3}
+    assert defaults == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 4e-6, "cwd": 1e-3}
     assert parse_betas([], ("at", "fgfi", "cwd")) == {k: defaults[k] for k in ("at", "fgfi", "cwd")}
     assert parse_betas(["0.5"], ("at", "fgfi")) == {"at": 0.5, "fgfi": 0.5}
     assert parse_betas(["at=2", "0.1"], ("at", "cwd")) == {"at": 2.0, "cwd": 0.1}  # a number sets the rest

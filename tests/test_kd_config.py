@@ -33,7 +33,7 @@ def test_old_flag_spellings_still_parse():
 def test_defaults_are_the_registered_ones():
     cfg = KDConfig.from_opt(train_kd.parse_opt([]))
     assert cfg == KDConfig() and cfg.feat == () and cfg.betas == {} and cfg.kd and cfg.options == {"bg_weight": 0.25}
-    assert KDConfig(feat=("fgfi", "at")).betas == {"fgfi": 5e-6, "at": 1.0}  # calibrated, not 1.0
+    assert KDConfig(feat=("fgfi", "at")).betas == {"fgfi": 4e-6, "at": 1.0}  # calibrated, not 1.0
     assert default_betas() == {name: spec.beta for name, spec in FEATURE_LOSSES.items()}
     help_text = kd_parser().format_help()
     for name, spec in FEATURE_LOSSES.items():
@@ -74,7 +74,7 @@ def test_train_kd_parses_beta_once_and_hands_the_config_over(monkeypatch, tmp_pa
     train_kd.main(train_kd.parse_opt(["--teacher_weight", str(teacher), "--feat", "fgfi", "--beta", "at=2"]))
     assert len(calls) == 1
     (plugin,), opt = seen["plugins"], seen["opt"]
-    assert isinstance(plugin, Distiller) and plugin.cfg.betas == {"fgfi": 5e-6} and plugin.loss_names == ("kd", "fgfi")
+    assert isinstance(plugin, Distiller) and plugin.cfg.betas == {"fgfi": 4e-6} and plugin.loss_names == ("kd", "fgfi")
     assert opt.feat == ["fgfi"] and opt.noautoanchor and opt.bg_weight == 0.25
 
 

@@ -1,6 +1,7 @@
 """train_kd.py end to end on a tiny generated dataset (CPU, 64 px, 1 epoch)."""
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -93,6 +94,8 @@ def test_kd_run_outputs_hooks_teacher_and_checkpoints(tmp_path, tiny_data, teach
     with open(save / "results.csv") as f:
         header = [h.strip() for h in next(csv.reader(f))]
     assert "train/kd" in header and "train/fgfi" in header
+    health = json.loads((save / "kd_health.json").read_text())  # the KD health check of every KD run
+    assert health["steps"] > 0 and set(health["terms"]) == {"kd", "fgfi"}
     last = torch.load(save / "weights" / "last.pt", weights_only=True)
     adapters = last["plugin"]["adapters"]
     assert adapters and any(k.endswith("0.weight") for k in adapters)

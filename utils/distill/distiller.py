@@ -10,6 +10,7 @@ from utils.torch_utils import de_parallel
 from .adapters import AdapterSet
 from .config import KDConfig, check_teacher
 from .features import FEATURE_LOSSES, FeatureContext
+from .health import KDHealth
 from .losses import output_kd_loss
 from .pairing import pair_layers
 from .taps import FeatureTaps
@@ -48,6 +49,7 @@ class Distiller(Plugin):
         self.t_taps = self.s_taps = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
+        self.health = None
 
     def _use(self, cfg):
         self.cfg = cfg
@@ -155,6 +157,17 @@ class Distiller(Plugin):
         s_idx = sorted({s for p in self.pairs.values() for _, s, *_ in p})
         if s_idx and self.s_taps is None:
             self.s_taps = FeatureTaps(self.student, s_idx)
+        self._start_health(engine)
+
+    def _start_health(self, engine):
+        """The KD health check of the first steps (main process; results in the run folder)."""
+        from utils.loss import ComputeLoss
+
+        self.health = None
+        if (self.cfg.kd or self.cfg.feat) and getattr(engine, "is_main_process", True):
+            self.health = KDHealth(p for p in self.student.parameters() if p.requires_grad)
+            self._det_loss = ComputeLoss(self.student)
+            self._health_dir = getattr(engine, "save_dir", None)
 
     def trainable_modules(self):
         return [self.adapters] if self.adapters is not None else []
@@ -164,12 +177,30 @@ class Distiller(Plugin):
         """alpha * L_kd + sum of beta_f * L_f, and the logged per-image items."""
         bs = imgs.shape[0]
         total = torch.zeros((), device=imgs.device)
-        items = {}
+        items, weighted = {}, {}
         for name, value in self.loss_terms(imgs, targets, preds).items():
-            weighted = (self.cfg.alpha if name == "kd" else self.cfg.betas[name]) * value
-            total = total + weighted
-            items[name] = (weighted / bs).detach()
+            weighted[name] = (self.cfg.alpha if name == "kd" else self.cfg.betas[name]) * value
+            total = total + weighted[name]
+            items[name] = (weighted[name] / bs).detach()
+        if self.health is not None and self.health.active:
+            self._check_health(targets, preds, weighted)
         return total, items
+
+    def _check_health(self, targets, preds, weighted):
+        """One step of the health check; its report once the first steps are measured."""
+        det, _ = self._det_loss(preds, targets.to(preds[0].device))
+        self.health.record(det, weighted)
+        if not self.health.active:
+            self._report_health()
+
+    def _report_health(self):
+        """Log and save the health check once (kd_health.json), then stop measuring."""
+        if self.health is not None and self.health.n:
+            self.health_summary = self.health.report(self._health_dir)
+        self.health = None
+
+    def on_epoch_end(self, engine, epoch):
+        self._report_health()  # an epoch shorter than the health window: report what it measured
 
     def loss_terms(self, imgs, targets, preds):
         """The unweighted terms of this step, batch-scaled like the detection loss (bs * mean):
@@ -199,7 +230,11 @@ class Distiller(Plugin):
 
     def _feature_term(self, spec, t_i, s_i, stride, targets, bs):
         """One registered feature loss on one teacher/student layer pair (unweighted)."""
-        f_t, f_s = self.t_taps[t_i].float(), self.s_taps[s_i]
+        f_t, f_s = self.t_taps[t_i].float(), self.s_taps.features.get(s_i)
+        if f_s is None:  # the hooked layer did not run in the student's forward: no gradient, the health check says so
+            if self.health is not None:
+                self.health.note(spec.name, f"student layer {s_i}'s hook never ran (tapped a module outside the forward?)")
+            return torch.zeros((), device=f_t.device)
         if spec.adapter:
             f_s = self.adapters.apply_to(s_i, f_s).float()
         ctx = FeatureContext(targets, bs, stride, self.teacher.model[-1], self.cfg.temperature, self.cfg.options)
