@@ -28,11 +28,13 @@ def test_parser_defaults_match_upstream():
     assert o.imgsz == 320 and o.resume is True and o.cache == "ram" and o.freeze == [0, 1, 2]
 
 
-def test_evolve_says_unsupported():
+def test_evolve_flags_as_upstream_and_bad_resume_refused(tmp_path):
     import train
+    from utils.cli import OptionError
 
-    with pytest.raises(SystemExit, match="not supported"):
-        train.main(train.parse_opt(args=["--evolve"]))
+    assert train.parse_opt(args=["--evolve"]).evolve == 300 and train.parse_opt(args=[]).evolve is None
+    with pytest.raises(OptionError, match="no evolve.csv"):
+        train.main(train.parse_opt(args=["--evolve", "2", "--resume_evolve", str(tmp_path), "--cfg", "yolov5n.yaml"]))
 
 
 def test_end_to_end_outputs(tiny_data, tmp_path):
