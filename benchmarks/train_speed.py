@@ -107,10 +107,17 @@ def main():
     device = torch.device(opt.device if opt.device == "cpu" else f"cuda:{opt.device}" if opt.device.isdigit() else opt.device)
     LOGGER.info(f"train speed: {opt.cfg} img {opt.img} batch {opt.batch} on {device}, "
                 f"{torch.get_num_threads()} threads, {opt.workers} workers")
+    from utils.precision import choose_precision, cpu_flags
+
+    auto = choose_precision("auto", device.type)  # what --precision auto picks here, to check against the timings
+    LOGGER.info(f"--precision auto on this machine: {auto.name} ({auto.reason})")
     results = [bench_variant(opt, v, device) for v in opt.variants]
     out = Path(opt.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(opt), "torch": torch.__version__, "results": results}, indent=2))
+    bf16_flags = sorted(f for f in cpu_flags() if "bf16" in f)
+    out.write_text(json.dumps({"config": vars(opt), "torch": torch.__version__, "cpu_bf16_flags": bf16_flags,
+                               "auto_precision": {"name": auto.name, "reason": auto.reason},
+                               "results": results}, indent=2))
     LOGGER.info(f"saved {out}")
 
 
