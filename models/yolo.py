@@ -324,19 +324,26 @@ def check_model_dict(d, source, trusted=True):
         for k, row in enumerate(d[section]):
             if not (isinstance(row, (list, tuple)) and len(row) == 4):
                 raise ModelConfigError(f"{source}: {section} row {k} must be [from, number, module, args], got {row!r}")
-            if not (isinstance(row[1], int) and not isinstance(row[1], bool) and isinstance(row[3], (list, tuple))):
+            if not (_is_int(row[1]) and isinstance(row[3], (list, tuple))):
                 raise ModelConfigError(f"{source}: {section} row {k}: number must be an int and args a list, got {row!r}")
     if not trusted:
         _check_untrusted_bounds(d, source)
+
+
+def _is_int(v):
+    """An int that is not a bool (YAML true/false load as bools, which are ints to Python)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_within(v, low, high):
+    return _is_int(v) and low <= v <= high
 
 
 def _ints_in(x, depth=0):
     """Every int inside nested lists/tuples (depth-limited)."""
     if depth > 8:
         raise ModelConfigError("nested deeper than 8 levels")
-    if isinstance(x, bool):
-        return []
-    if isinstance(x, int):
+    if _is_int(x):
         return [x]
     if isinstance(x, (list, tuple)):
         return [i for v in x for i in _ints_in(v, depth + 1)]
@@ -355,7 +362,7 @@ def _check_untrusted_bounds(d, source):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= lim["multiple"]:
             problems.append(f"{key}={v!r} (must be a number in (0, {lim['multiple']:g}])")
     nc = d.get("nc")
-    if not isinstance(nc, int) or isinstance(nc, bool) or not 0 < nc <= lim["nc"]:
+    if not _int_within(nc, 1, lim["nc"]):
         problems.append(f"nc={nc!r} (must be an int in 1..{lim['nc']})")
     try:
         for k, (_, n, _, args) in enumerate(rows):
@@ -370,7 +377,7 @@ def _check_untrusted_bounds(d, source):
     except ModelConfigError as e:
         problems.append(str(e))
     ch = d.get("ch", 3)
-    if not isinstance(ch, int) or isinstance(ch, bool) or not 0 < ch <= 64:
+    if not _int_within(ch, 1, 64):
         problems.append(f"ch={ch!r} (must be an int in 1..64)")
     if problems:
         raise ModelConfigError(f"{source}: stored model YAML is out of bounds: {'; '.join(problems[:5])}")

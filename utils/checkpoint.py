@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from models.yolo import UNTRUSTED_LIMITS
 from utils.cli import UserError
 from utils.general import LOGGER, names_dict
 from utils.torch_utils import de_parallel
@@ -82,6 +83,10 @@ def make_checkpoint(model, ema=None, updates=None, optimizer=None, epoch=-1, bes
 
 
 # ----------------------------------------------------------------------------- load
+def _is_tensor_dict(d):
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
 def _plain_state_dict(obj):
     """The tensor dict inside a plain weights file ({name: tensor} or {'state_dict'|'model': {...}}), else None."""
     if isinstance(obj, dict):
@@ -89,7 +94,7 @@ def _plain_state_dict(obj):
             if isinstance(obj.get(key), dict) and obj[key] and "yaml" not in obj[key]:
                 obj = obj[key]
                 break
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if obj and _is_tensor_dict(obj):
             return obj
     return None
 
@@ -129,8 +134,9 @@ def read_weights_file(path):
                           f"checkpoint, nor a state_dict of tensors)")
 
 
-def _is_tensor_dict(d):
-    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+def _valid_nc(nc):
+    """A class count a weights file may claim (models.yolo.UNTRUSTED_LIMITS)."""
+    return isinstance(nc, int) and not isinstance(nc, bool) and 0 < nc <= UNTRUSTED_LIMITS["nc"]
 
 
 def check_checkpoint_entries(ckpt, path):
@@ -141,7 +147,7 @@ def check_checkpoint_entries(ckpt, path):
         ("model.yaml", entry.get("yaml"), lambda v: isinstance(v, dict)),
         ("model.state_dict", entry.get("state_dict"), _is_tensor_dict),
         ("model.names", entry.get("names"), lambda v: v is None or isinstance(v, (dict, list, tuple))),
-        ("model.nc", entry.get("nc"), lambda v: v is None or (isinstance(v, int) and 0 < v <= 100_000)),
+        ("model.nc", entry.get("nc"), lambda v: v is None or _valid_nc(v)),
         ("model.stride", entry.get("stride"),
          lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(s, number) for s in v))),
         ("ema", ckpt.get("ema"), lambda v: v is None or _is_tensor_dict(v)),
@@ -174,8 +180,8 @@ def build_stored_model(yaml_dict, path, nc=None, anchors=None, state=None):
 
     if not isinstance(yaml_dict, dict):
         raise CheckpointError(f"{path}: the stored model YAML is a {type(yaml_dict).__name__}, not a mapping")
-    if nc is not None and not (isinstance(nc, int) and 0 < nc <= 100_000):
-        raise CheckpointError(f"{path}: stored class count nc={nc!r} is not an int in 1..100000")
+    if nc is not None and not _valid_nc(nc):
+        raise CheckpointError(f"{path}: stored class count nc={nc!r} is not an int in 1..{UNTRUSTED_LIMITS['nc']}")
     try:
         budget = None if state is None else 2 * sum(v.numel() for v in state.values()) + 100_000
         return DetectionModel(copy.deepcopy(yaml_dict), ch=3, nc=nc, anchors=anchors, source=path,
