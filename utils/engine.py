@@ -140,13 +140,13 @@ class Trainer:
 
     def _setup_precision(self):
         """--precision (auto by default): the capability-based choice, rank 0's under DDP, logged once."""
-        from utils.precision import Precision, choose_precision, requested_precision
+        from utils.precision import choose_precision, requested_precision
 
         chosen = [choose_precision(requested_precision(self.opt), self.device.type) if self.is_main_process
                   else None]
         if self.world_size > 1:
             dist.broadcast_object_list(chosen, 0)  # every rank trains in the precision rank 0 chose
-        self.precision = Precision(chosen[0].name, chosen[0].reason)
+        self.precision = chosen[0]
         self.opt.precision = self.precision.name  # recorded in opt.yaml and last.pt: a resumed run keeps it
         self.amp = self.precision.grad_scaler  # float16 autocast + GradScaler (CUDA)
         self.autocast_on = self.precision.autocast

@@ -54,8 +54,8 @@ def hyp_genes(hyp):
 def select_parent(population, genes, rng):
     """Gene values of a parent drawn from the PARENTS fittest rows, weighted by fitness (upstream 'single')."""
     fit = fitness(population)
-    best = population[np.argsort(-fit)][:PARENTS]
-    w = fitness(best) - fitness(best).min() + 1e-6
+    order = np.argsort(-fit)[:PARENTS]
+    best, w = population[order], fit[order] - fit[order].min() + 1e-6
     row = best[rng.choice(len(best), p=w / w.sum())]
     return row[len(RESULT_COLUMNS):len(RESULT_COLUMNS) + len(genes)]
 
@@ -188,8 +188,9 @@ def evolve_training(opt, hyp, save_dir, plugin_factory=None, extra_genes=(), app
 
     if opt.resume:
         raise OptionError("--evolve and --resume cannot be combined (use --resume_evolve DIR for a search)")
-    genes = hyp_genes(hyp) + [g for g, _ in extra_genes]
-    base = [hyp[g.name] for g in hyp_genes(hyp)] + [v for _, v in extra_genes]
+    own = hyp_genes(hyp)
+    genes = own + [g for g, _ in extra_genes]
+    base = [hyp[g.name] for g in own] + [v for _, v in extra_genes]
 
     def train_generation(values, index):
         o = argparse.Namespace(**vars(opt))
