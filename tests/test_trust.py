@@ -25,6 +25,7 @@ from models.yolo import DetectionModel, ModelConfigError, register_block, resolv
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_checkpoint  # noqa: E402
 from utils.dataset_yaml import DatasetDownloadError, check_dataset  # noqa: E402
 from utils.synthetic import MARKER, make_synthetic  # noqa: E402
+from test_checkpoint import _global, _unicode as _str  # noqa: E402  (pickle opcode builders)
 
 TINY = {
     "nc": 2, "depth_multiple": 0.33, "width_multiple": 0.125,
@@ -149,15 +150,6 @@ def test_upstream_pickle_stored_yaml_never_runs(tiny_model, tmp_path):
         load_model(f)
     assert str(f) in str(e.value) and "os.system" in str(e.value)
     assert not marker.exists()
-
-
-def _global(module, name):
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _str(s):
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
 
 
 def _int(i):
