@@ -36,10 +36,7 @@ def test_parent_is_drawn_among_the_fittest():
 def _tiny(tmp_path):
     from test_engine import make_tiny_data
 
-    make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
-    data = tmp_path / "d.yaml"
-    data.write_text(f"path: {tmp_path / 'd'}\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
-    return data
+    return make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
 
 
 @pytest.mark.slow
@@ -77,7 +74,7 @@ def test_train_kd_evolves_the_kd_weights_too(tmp_path):
 
     data = _tiny(tmp_path)
     model = DetectionModel(ROOT / "models" / "yolov5n.yaml", nc=2)
-    model.names = {0: "a", 1: "b"}
+    model.names = {0: "box", 1: "blob"}  # make_tiny_data's classes
     teacher = save_checkpoint(make_checkpoint(model), tmp_path / "teacher.pt")
 
     args = train_args(data, tmp_path / "kdevo", "--evolve", "1", "--teacher_weight", str(teacher),

@@ -56,9 +56,7 @@ def test_cpu_flags_and_probe_run_here(tmp_path):
 def test_engine_trains_in_the_chosen_precision_and_logs_it_once(tmp_path, caplog_yolo, flag, expected):
     from test_engine import make_tiny_data, run_train, train_args
 
-    make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
-    data = tmp_path / "d.yaml"
-    data.write_text(f"path: {tmp_path / 'd'}\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    data = make_tiny_data(tmp_path / "d", n_train=4, n_val=2)
     run_train(train_args(data, tmp_path / "runs", flag, "--noval", epochs=1))
     lines = [r.getMessage() for r in caplog_yolo.records if r.getMessage().startswith("precision:")]
     assert len(lines) == 1 and lines[0].startswith(f"precision: {expected} ")
