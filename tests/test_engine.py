@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.engine import EarlyStopping, Plugin
+from utils.engine import Plugin
+from utils.stopping import EarlyStopping
 from utils.optim import ModelEMA, apply_warmup, cosine_lr, linear_lr, smart_optimizer, warmup_iters
 
 ROOT = Path(__file__).resolve().parents[1]

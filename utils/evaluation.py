@@ -31,6 +31,7 @@ class EvalResult(NamedTuple):
     maps: np.ndarray  # (nc,) mAP50-95 per class (the overall mAP for classes without labels)
     speed: tuple  # (pre-process, inference, NMS) ms per image
     profile: dict  # seconds: 'images', 'pre', 'inference', 'nms', 'metrics' (matching + AP + table)
+    ap50: np.ndarray = None  # (nc,) AP50 per class (0 for classes without labels)
 
 
 def save_one_txt(predn, save_conf, shape, file):
@@ -87,7 +88,7 @@ def _progress(dataloader):
 
 
 def _summary(stats, nc, names, seen, task, per_class, plots, save_dir):
-    """mP, mR, mAP50, mAP50-95, AP per class and the logged table from the accumulated stats."""
+    """(mP, mR, mAP50, mAP50-95), AP50-95 and AP50 per class, and the logged table, from the accumulated stats."""
     stats = [torch.cat(x, 0).cpu().numpy() for x in zip(*stats)] if stats else [np.zeros((0, 10), bool)] + \
         [np.zeros(0)] * 3
     mp = mr = map50 = map_ = 0.0
@@ -108,10 +109,10 @@ def _summary(stats, nc, names, seen, task, per_class, plots, save_dir):
     if per_class and nc > 1 and len(stats[0]):
         for i, c in enumerate(ap_class):
             LOGGER.info(TABLE_FMT % (names.get(int(c), str(c)), seen, nt[c], p[i], r[i], ap50[i], ap[i]))
-    maps = np.zeros(nc) + map_
+    maps, ap50s = np.zeros(nc) + map_, np.zeros(nc)
     for i, c in enumerate(ap_class):
-        maps[c] = ap[i]
-    return (mp, mr, map50, map_), maps
+        maps[c], ap50s[c] = ap[i], ap50[i]
+    return (mp, mr, map50, map_), maps, ap50s
 
 
 @torch.no_grad()
@@ -162,7 +163,7 @@ def evaluate(forward, dataloader, names, device, *, half=False, conf_thres=0.001
                         names)
 
     t_metrics = time.perf_counter()
-    (mp, mr, map50, map_), maps = _summary(stats, nc, names, seen, task, per_class, plots, save_dir)
+    (mp, mr, map50, map_), maps, ap50s = _summary(stats, nc, names, seen, task, per_class, plots, save_dir)
     t_metrics = time.perf_counter() - t_metrics
     if plots:
         from utils.plots import plot_confusion_matrix
@@ -173,7 +174,7 @@ def evaluate(forward, dataloader, names, device, *, half=False, conf_thres=0.001
     speed = tuple(x.t / max(seen, 1) * 1e3 for x in dt[:3])
     profile = {"images": seen, "pre": dt[0].t, "inference": dt[1].t, "nms": dt[2].t, "metrics": dt[3].t + t_metrics}
     results = (mp, mr, map50, map_, *(loss.cpu() / max(len(dataloader), 1)).tolist())
-    return EvalResult(results, maps, speed, profile)
+    return EvalResult(results, maps, speed, profile, ap50s)
 
 
 def _dataset(data):
@@ -213,12 +214,18 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
     return result
 
 
-def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
+def validate_weights(*args, **kwargs):
+    """Validate weights files on a dataset split (val.py's flags) -> ((mP, mR, mAP50, mAP50-95, box, obj, cls),
+    maps (nc,), (pre-process, inference, NMS) ms/img). Outputs go to project/name (incremented)."""
+    result = evaluate_weights(*args, **kwargs)
+    return result.results, result.maps, result.speed
+
+
+def evaluate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
                      task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
                      save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp",
                      exist_ok=False, half=True, plots=True, cfg=None):
-    """Validate weights files on a dataset split (val.py's flags) -> ((mP, mR, mAP50, mAP50-95, box, obj, cls),
-    maps (nc,), (pre-process, inference, NMS) ms/img). Outputs go to project/name (incremented)."""
+    """validate_weights with the whole EvalResult (AP50 per class, profile) as its result."""
     from utils.dataloaders import create_dataloader
 
     device = select_device(device, batch_size)
@@ -256,4 +263,4 @@ def validate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
     n_txt = len(list(save_dir.glob("labels/*.txt")))
     LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}" +
                 (f"\n{n_txt} labels saved to {save_dir / 'labels'}" if save_txt else ""))
-    return result.results, result.maps, result.speed
+    return result

@@ -126,3 +126,21 @@ def print_args(args, name=""):
     """Log an argparse namespace / dict on one line."""
     d = vars(args) if not isinstance(args, dict) else args
     LOGGER.info((colorstr(f"{name}: ") if name else "") + ", ".join(f"{k}={v}" for k, v in d.items()))
+
+
+def labels_to_class_weights(labels, nc):
+    """Inverse class frequency weights (nc,) from dataset labels, normalised to sum 1."""
+    import torch
+
+    if not len(labels):
+        return torch.ones(nc) / nc
+    classes = np.concatenate(labels, 0)[:, 0].astype(int)
+    counts = np.bincount(classes, minlength=nc).astype(float)
+    counts[counts == 0] = 1
+    w = 1 / counts
+    return torch.from_numpy(w / w.sum()).float()
+
+
+def labels_to_image_weights(labels, nc, class_weights):
+    """Per-image sampling weight = sum of its labels' class weights."""
+    return np.array([(class_weights[lb[:, 0].astype(int)]).sum() if len(lb) else 0.0 for lb in labels]) + 1e-9

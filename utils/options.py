@@ -23,6 +23,9 @@ def check_train_options(opt):
         raise OptionError(f"--imgsz {opt.imgsz}: must be a positive number of pixels")
     if opt.workers < 0:
         raise OptionError(f"--workers {opt.workers}: must be 0 or more")
+    hours = getattr(opt, "time", None)
+    if hours is not None and not (math.isfinite(hours) and hours > 0):
+        raise OptionError(f"--time {hours}: must be a positive number of hours")
     cache = getattr(opt, "cache", None)
     if cache not in (None, *CACHE_CHOICES):
         raise OptionError(f"--cache {cache}: choose one of {', '.join(CACHE_CHOICES)}")
@@ -40,10 +43,12 @@ def check_hyp(hyp, source="hyp"):
     if missing:
         raise OptionError(f"--hyp {source}: missing key(s) {', '.join(missing)} "
                           "(see data/hyps/hyp.scratch-low.yaml for every key)")
-    bad = [f"{k}={hyp[k]!r}" for k in (*REQUIRED_HYP, *AUGMENT_HYP, "nonfinite_limit")
+    bad = [f"{k}={hyp[k]!r}" for k in (*REQUIRED_HYP, *AUGMENT_HYP, "nonfinite_limit", "nbs")
            if k in hyp and not _is_number(hyp[k])]
     if bad:
         raise OptionError(f"--hyp {source}: not finite numbers: {', '.join(bad)}")
+    if "nbs" in hyp and not (isinstance(hyp["nbs"], int) and hyp["nbs"] >= 1):
+        raise OptionError(f"--hyp {source}: nbs={hyp['nbs']!r} must be a whole number of images, at least 1")
     if "nonfinite_limit" in hyp and hyp["nonfinite_limit"] < 1:
         raise OptionError(f"--hyp {source}: nonfinite_limit={hyp['nonfinite_limit']} must be at least 1")
     absent = [k for k in AUGMENT_HYP if k not in hyp]

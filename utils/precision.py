@@ -55,6 +55,18 @@ def cpu_flags(cpuinfo=Path("/proc/cpuinfo")):
     return set()
 
 
+def cpu_name(cpuinfo=Path("/proc/cpuinfo")):
+    """The CPU's model name ('' where /proc/cpuinfo is unreadable), for speed figures and reports."""
+    try:
+        text = Path(cpuinfo).read_text(errors="ignore")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
 def probe_bf16_speedup(size=128, repeats=4):
     """fp32 time / bf16-autocast time of a small conv + matmul on this CPU (a few ms when bf16 is native)."""
     x = torch.randn(4, 32, size // 4, size // 4)
