@@ -3,6 +3,7 @@
 Usage:
     python train_kd.py --teacher_weight runs/train/exp/weights/best.pt --cfg models/yolov5n.yaml \\
         --data data/NEU-DET.yaml --img 224 --epochs 30 [--feat fgfi] [--no-kd]
+    python train_kd.py ... --unlabeled more_images/ --unlabeled-ratio 2   # also distil on unlabeled images
 
 All train.py flags work; this file only adds the distillation flags and the Distiller plug-in.
 """
@@ -17,6 +18,7 @@ if str(ROOT) not in sys.path:
 import train  # noqa: E402
 from utils.distill.config import KDConfig, add_kd_args, check_teacher  # noqa: E402
 from utils.general import LOGGER, ROOT as REPO  # noqa: E402
+from utils.unlabeled import check_semi_options  # noqa: E402
 
 
 def build_parser():
@@ -38,6 +40,8 @@ def main(opt):
     cfg = KDConfig.from_opt(opt)  # a bad --feat / --beta fails here, before any data is read
     if not opt.resume:
         check_teacher(cfg.teacher_weight)
+        if cfg.unlabeled:
+            check_semi_options(opt)
     if not getattr(opt, "noautoanchor", False):
         LOGGER.info("train_kd: AutoAnchor off (--noautoanchor): the student keeps the teacher's anchors")
         opt.noautoanchor = True

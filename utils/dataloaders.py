@@ -94,10 +94,7 @@ class LoadImagesAndLabels(Dataset):
         self.path = path
         self.prefix = prefix
 
-        im_files = list_image_files(path, prefix)
-        if not im_files:
-            raise FileNotFoundError(f"{prefix}no images found in {path} (formats: {', '.join(IMG_FORMATS)})")
-        records, self.counts = load_labels(im_files, prefix, nc=nc)
+        records, self.counts = self._scan(path, prefix, nc)
         self.im_files = [r["im_file"] for r in records]
         self.label_files = img2label_paths(self.im_files)
         self.labels = [r["labels"] for r in records]
@@ -128,6 +125,14 @@ class LoadImagesAndLabels(Dataset):
             self._cache_images(cache_images)
 
     # ---------------------------------------------------------------- setup helpers
+    def _scan(self, path, prefix, nc):
+        """-> (records of the usable images: im_file, labels, shape, segments; counts by status).
+        A subclass may read its images otherwise (utils/unlabeled.py: images without labels)."""
+        im_files = list_image_files(path, prefix)
+        if not im_files:
+            raise FileNotFoundError(f"{prefix}no images found in {path} (formats: {', '.join(IMG_FORMATS)})")
+        return load_labels(im_files, prefix, nc=nc)
+
     def _keep(self, idx):
         self.im_files = [self.im_files[i] for i in idx]
         self.label_files = [self.label_files[i] for i in idx]

@@ -94,7 +94,7 @@ def run_download(download, root, source):
 
 def check_dataset(data, autodownload=True):
     """Parse and check a dataset YAML (path or dict). Returns a dict with absolute 'path', 'train', 'val',
-    optional 'test', 'names' {int: str}, 'nc', and any other keys of the YAML."""
+    optional 'test' and 'unlabeled', 'names' {int: str}, 'nc', and any other keys of the YAML."""
     yaml_dir = None
     if isinstance(data, (str, Path)):
         source = Path(data)
@@ -135,6 +135,8 @@ def check_dataset(data, autodownload=True):
             d[k] = _split_paths(d[k], root)
         elif k == "test":
             d.pop(k, None)
+    if d.get("unlabeled"):  # images without labels (train_kd.py --unlabeled), resolved like the splits
+        d["unlabeled"] = _split_paths(d["unlabeled"], root)
 
     missing = _missing(d["val"])
     if missing and d.get("download") and autodownload:

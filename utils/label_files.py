@@ -58,7 +58,7 @@ def list_image_files(path, prefix=""):
     return sorted(set(files))
 
 
-def _check_image(im_file):
+def check_image(im_file):
     """-> (shape (w, h) or None, message or '')."""
     try:
         data = np.fromfile(im_file, np.uint8)
@@ -146,7 +146,7 @@ def verify_image_label(im_file, lb_file):
     Returns dict(im_file, labels (n, 5), shape (w, h), segments, status, msg) where status is one of
     'found', 'missing', 'empty', 'corrupt'. Corrupt images carry shape None.
     """
-    shape, msg = _check_image(im_file)
+    shape, msg = check_image(im_file)
     out = {"im_file": im_file, "labels": np.zeros((0, 5), np.float32), "shape": shape, "segments": [],
            "status": "corrupt", "msg": msg}
     if shape is None:

@@ -69,8 +69,17 @@ class ComputeLoss:
         self.anchors = det.anchors  # (nl, na, 2) grid units; a live reference (autoanchor may change it)
         self.device = device
 
-    def __call__(self, preds, targets):
-        """preds: list of nl raw maps (bs, na, ny, nx, nc+5); targets: (N, 6) [img, cls, xc, yc, w, h] normalised."""
+    def __call__(self, preds, targets, labeled=None):
+        """preds: list of nl raw maps (bs, na, ny, nx, nc+5); targets: (N, 6) [img, cls, xc, yc, w, h] normalised.
+
+        labeled: only the first `labeled` images of the batch are scored (the rest are unlabeled images,
+        train_kd.py --unlabeled; their targets are none); 0 gives a zero loss that keeps the graph."""
+        if labeled is not None and labeled < preds[0].shape[0]:
+            if labeled <= 0:
+                zero = sum(p.float().sum() for p in preds) * 0.0
+                return zero.reshape(1), torch.zeros(3, device=preds[0].device)
+            preds = [p[:labeled] for p in preds]
+            targets = targets[targets[:, 0] < labeled]
         preds = [p.float() if p.dtype != torch.float32 else p for p in preds]
         dev = preds[0].device
         lcls = torch.zeros(1, device=dev)

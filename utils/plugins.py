@@ -8,7 +8,9 @@ class Plugin:
     """Extension point of the engine. Every method has a no-op default.
 
     In setup() the engine offers: model (bare DetectionModel, hyp set), device, hyp (scaled), opt, data_dict,
-    nc, names, imgsz, dataset, train_loader, save_dir, amp/autocast settings, rank.
+    nc, names, imgsz, dataset, train_loader, save_dir, amp/autocast settings, rank. A plugin may replace
+    engine.train_loader by one whose batches carry a fifth item, n_labeled: only the first n_labeled images
+    have labels, and the detection loss scores only those (utils/unlabeled.py).
     """
 
     loss_names: tuple = ()

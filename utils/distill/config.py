@@ -5,8 +5,9 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from utils.cli import UserError
+from utils.cli import OptionError, UserError
 from utils.general import LOGGER
+from utils.unlabeled import FROM_DATA
 
 from .features import FEATURE_LOSSES, feature_options
 from .losses import KD_CLS_TYPES
@@ -66,6 +67,7 @@ class KDConfig:
     Build it with KDConfig(...) in code, KDConfig.from_opt(parsed flags) or KDConfig.resumed(opt, saved).
     betas lists the weight of each selected feature loss (registered defaults for the ones not given);
     options holds the FeatureOption values of the registered losses (e.g. 'bg_weight').
+    unlabeled (utils/unlabeled.py): images without labels distilled too, unlabeled_ratio per labeled image.
     """
 
     teacher_weight: str | None = None
@@ -77,6 +79,8 @@ class KDConfig:
     betas: dict = field(default_factory=dict)
     kd_layers: str | None = None  # explicit 'teacher:student' layer pairs, else automatic
     options: dict = field(default_factory=_default_options)
+    unlabeled: str | None = None  # folder, .txt list or glob; FROM_DATA = the dataset YAML's 'unlabeled:' key
+    unlabeled_ratio: float = 1.0  # unlabeled images per labeled image in a batch
 
     def __post_init__(self):
         if self.kd_loss_selected not in KD_CLS_TYPES:
@@ -89,6 +93,14 @@ class KDConfig:
         self.options = {**_default_options(), **{k: float(v) for k, v in self.options.items()}}
         self.temperature, self.alpha = float(self.temperature), float(self.alpha)
         self.kd_layers = self.kd_layers or None
+        self.unlabeled = str(self.unlabeled) if self.unlabeled else None
+        self.unlabeled_ratio = float(self.unlabeled_ratio)
+        if not 0 < self.unlabeled_ratio <= 64:
+            raise OptionError(f"--unlabeled-ratio must be in (0, 64] (unlabeled images per labeled image), "
+                              f"got {self.unlabeled_ratio:g}")
+        if self.unlabeled and not (self.kd or self.feat):
+            raise OptionError("--unlabeled needs a KD loss: unlabeled images only get the KD losses "
+                              "(drop --no-kd or select --feat)")
 
     @classmethod
     def from_opt(cls, opt):
@@ -157,4 +169,9 @@ def add_kd_args(parser):
                        help=o.help)
     g.add_argument("--kd-layers", "--kd_layers", dest="kd_layers", type=str, default=None,
                    help="explicit teacher:student layer pairs '17:17,20:20' (default: automatic by stride/role)")
+    g.add_argument("--unlabeled", nargs="?", const=FROM_DATA, default=None,
+                   help="images without labels, distilled too (no detection loss): a folder, a .txt list or a "
+                        "glob; --unlabeled alone: the dataset YAML's 'unlabeled:' key")
+    g.add_argument("--unlabeled-ratio", "--unlabeled_ratio", dest="unlabeled_ratio", type=float,
+                   default=d.unlabeled_ratio, help="unlabeled images per labeled image in a batch (--unlabeled)")
     return parser

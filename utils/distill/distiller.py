@@ -39,6 +39,9 @@ class Distiller(Plugin):
 
     Logged terms (results.csv 'train/<name>', per image like box/obj/cls): 'kd' (output KD)
     and one column per selected feature loss, each as it enters the total loss.
+    With cfg.unlabeled, setup() appends unlabeled images to every training batch (utils/unlabeled.py):
+    the KD terms cover them, the engine's detection loss does not. Feature losses that use ground-truth
+    boxes (wat, fgfi) see none on them: background for wat's mask, no imitation region for fgfi.
     """
 
     def __init__(self, cfg: KDConfig):
@@ -50,6 +53,7 @@ class Distiller(Plugin):
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
         self.health = None
+        self.unlabeled = None  # the SemiLoader of --unlabeled (utils/unlabeled.py)
 
     def _use(self, cfg):
         self.cfg = cfg
@@ -94,6 +98,9 @@ class Distiller(Plugin):
         LOGGER.info(f"{colorstr('distill:')} teacher {self.teacher_file} -> student {self.student_file}; "
                     f"kd={'off' if not cfg.kd else cfg.kd_loss_selected} alpha={cfg.alpha} beta={cfg.betas or '-'} "
                     f"feat={','.join(cfg.feat) or 'none'} pairs={ {k: [(t, s) for t, s, *_ in v] for k, v in self.pairs.items()} }")
+        if cfg.unlabeled:  # unlabeled images appended to every batch: KD on them, no detection loss
+            from utils.unlabeled import attach_unlabeled
+            self.unlabeled = attach_unlabeled(engine, cfg.unlabeled, cfg.unlabeled_ratio)
 
     def _build_pairs(self):
         for name in self.cfg.feat:
@@ -188,7 +195,8 @@ class Distiller(Plugin):
 
     def _check_health(self, targets, preds, weighted):
         """One step of the health check; its report once the first steps are measured."""
-        det, _ = self._det_loss(preds, targets.to(preds[0].device))
+        labeled = self.unlabeled.n_labeled if self.unlabeled is not None else None
+        det, _ = self._det_loss(preds, targets.to(preds[0].device), labeled=labeled)
         self.health.record(det, weighted)
         if not self.health.active:
             self._report_health()
