@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_bad_data import make_bad_folder
 from test_distiller import save_ours, tiny_model
 from test_engine import load_ckpt, make_tiny_data
 from test_train_kd import _interrupt_after_first_epoch, common_args
+
 from utils.cli import OptionError, UserError
 from utils.dataset_yaml import check_dataset
 from utils.distill.config import KDConfig
@@ -231,3 +231,49 @@ def test_option_checks():
     opt = train_kd.parse_opt(["--teacher_weight", __file__, "--unlabeled", "x", "--rect"])
     with pytest.raises(OptionError, match="--rect"):
         train_kd.main(opt)
+
+
+# ------------------------------------------------------------------ the pseudo-label baseline's tools
+def test_stratified_labeled_split_writes_lists_and_yaml(tmp_path, semi):
+    from test_data import load_script
+    split = load_script("split_dataset")
+    files = sorted((semi["root"] / "unl" / "images" / "train").glob("*.jpg")) + \
+        sorted((semi["data"].parent / "images" / "train").glob("*.jpg"))
+    d0 = check_dataset(semi["data"])
+    yaml_file, n_lab, n_unl = split.split_labeled(files, tmp_path / "s", 0.25, d0["val"], d0["names"], seed=1)
+    d = check_dataset(yaml_file)
+    lab, unl = (Path(d[k]).read_text().split() for k in ("train", "unlabeled"))
+    assert (len(lab), len(unl)) == (n_lab, n_unl) and n_lab + n_unl == 10 and 0 < n_lab < n_unl
+    assert not set(lab) & set(unl) and d["val"] == d0["val"] and d["names"] == NAMES
+    again = split.split_labeled(files, tmp_path / "t", 0.25, d0["val"], d0["names"], seed=1)[0]
+    assert Path(check_dataset(again)["train"]).read_text().split() == lab  # seeded
+
+
+def test_pseudo_labels_from_detect_output(tmp_path, semi):
+    """detect.py --save-txt --save-conf on the unlabeled images -> rows kept at conf >= T, images linked, a
+    YAML training on the labeled split + the pseudo-labelled images."""
+    from test_data import load_script
+
+    import detect
+    from utils.dataloaders import LoadImagesAndLabels
+    pseudo = load_script("pseudo_labels")
+    det = detect.run(weights=semi["teacher"], source=str(semi["unl"]), imgsz=(64, 64), conf_thres=0.0, max_det=3,
+                     device="cpu", save_txt=True, save_conf=True, nosave=True, project=tmp_path, name="det")
+    rows = [line.split() for f in (det / "labels").glob("*.txt") for line in f.read_text().splitlines()]
+    assert rows and all(len(r) == 6 for r in rows)
+    confs = sorted(float(r[5]) for r in rows)
+    t = confs[len(confs) // 2]
+    yaml_file, n_images, n_boxes = pseudo.pseudo_label(det / "labels", str(semi["unl"]), semi["data"], tmp_path / "p",
+                                                       conf=t)
+    assert n_boxes == sum(c >= t for c in confs) and 0 < n_images <= 6
+    d = check_dataset(yaml_file)
+    ds = LoadImagesAndLabels(d["train"], 64)
+    linked = [lb for f, lb in zip(ds.im_files, ds.labels) if Path(f).parent == tmp_path / "p" / "images"]
+    assert len(ds) == 4 + n_images and len(linked) == n_images and 0 < sum(map(len, linked)) <= n_boxes
+    with pytest.raises(UserError, match="--exist-ok"):
+        pseudo.pseudo_label(det / "labels", str(semi["unl"]), semi["data"], tmp_path / "p", conf=t)
+    assert pseudo.pseudo_label(det / "labels", str(semi["unl"]), semi["data"], tmp_path / "p", conf=1.01,
+                               exist_ok=True)[1:] == (0, 0)
+    (det / "labels" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # detect.py without --save-conf
+    with pytest.raises(UserError, match="--save-conf"):
+        pseudo.pseudo_label(det / "labels", str(semi["unl"]), semi["data"], tmp_path / "q", conf=t)

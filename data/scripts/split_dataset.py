@@ -7,6 +7,12 @@ and a dataset YAML is written to OUT/<name>.yaml.
 
 Usage: python data/scripts/split_dataset.py --images IMAGES --labels LABELS --out OUT
        [--val 0.2] [--seed 0] [--copy] [--names a b c | --data data.yaml] [--name data]
+
+Semi-supervised split (train_kd.py --unlabeled): --labeled FRACTION keeps that share of each class's images
+labeled and the rest as unlabeled images, written as two lists of absolute image paths (nothing copied; the
+labels stay beside the images, images/ -> labels/), plus OUT/<name>.yaml with train: labeled.txt,
+unlabeled: unlabeled.txt and --data's val split and names:
+       python data/scripts/split_dataset.py --images NEU/images/train --labeled 0.25 --data data/NEU-DET.yaml --out OUT
 """
 
 import argparse
@@ -22,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.cli import UserError  # noqa: E402
 from utils.general import LOGGER, yaml_load, yaml_save  # noqa: E402
 from utils.image_io import IMG_FORMATS  # noqa: E402
+from utils.label_files import img2label_paths  # noqa: E402
 
 
 def stratum_of(label_file):
@@ -56,7 +64,8 @@ def split_indices(strata, val_fraction, seed=0):
     return sorted(val)
 
 
-def _place(src, dst, copy):
+def place(src, dst, copy=False):
+    """Symlink (or copy) src to dst, replacing what is there."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()
@@ -77,9 +86,9 @@ def split_dataset(images, labels, out, val_fraction=0.2, seed=0, copy=False, nam
     val = set(split_indices(strata, val_fraction, seed))
     for i, (im, lb) in enumerate(zip(files, label_of)):
         split = "val" if i in val else "train"
-        _place(im, out / "images" / split / im.name, copy)
+        place(im, out / "images" / split / im.name, copy)
         if lb.is_file():
-            _place(lb, out / "labels" / split / lb.name, copy)
+            place(lb, out / "labels" / split / lb.name, copy)
     if names is None:
         n = max(strata) + 1
         names = [str(i) for i in range(n)]
@@ -89,10 +98,45 @@ def split_dataset(images, labels, out, val_fraction=0.2, seed=0, copy=False, nam
     return yaml_file, len(files) - len(val), len(val)
 
 
+def split_labeled(files, out, fraction, val, names, seed=0, name="semi"):
+    """Keep `fraction` of each stratum's images labeled, the rest unlabeled (split_indices' strata, labels read
+    at images/ -> labels/): OUT/labeled.txt, OUT/unlabeled.txt (absolute paths) and OUT/<name>.yaml with
+    train, unlabeled, val (path or list) and names. -> (yaml path, n labeled, n unlabeled)"""
+    files = sorted(str(Path(f).resolve()) for f in files)
+    if not files:
+        raise UserError("split_labeled: no images to split")
+    if not 0 < fraction < 1:
+        raise UserError(f"--labeled must be between 0 and 1, got {fraction}")
+    strata = [stratum_of(Path(lb)) for lb in img2label_paths(files)]
+    labeled = set(split_indices(strata, fraction, seed))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lists = {"labeled": [f for i, f in enumerate(files) if i in labeled],
+             "unlabeled": [f for i, f in enumerate(files) if i not in labeled]}
+    for key, items in lists.items():
+        (out / f"{key}.txt").write_text("".join(f"{f}\n" for f in items))
+    yaml_file = out / f"{name}.yaml"
+    yaml_save(yaml_file, {"path": str(out.resolve()), "train": "labeled.txt", "unlabeled": "unlabeled.txt",
+                          "val": val, "names": dict(names)})
+    return yaml_file, len(lists["labeled"]), len(lists["unlabeled"])
+
+
+def _labeled_split(opt):
+    """--labeled: the semi-supervised lists; val and names from --data."""
+    from utils.dataset_yaml import check_dataset
+
+    if not opt.data:
+        raise UserError("--labeled needs --data (the dataset YAML whose val split and names the new YAML uses)")
+    d = check_dataset(opt.data, autodownload=False)
+    files = [p for p in sorted(opt.images.rglob("*")) if p.suffix[1:].lower() in IMG_FORMATS]
+    yaml_file, n_lab, n_unl = split_labeled(files, opt.out, opt.labeled, d["val"], d["names"], opt.seed, opt.name)
+    LOGGER.info(f"{n_lab} labeled / {n_unl} unlabeled images in {opt.out}; dataset YAML {yaml_file}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="stratified, seeded train/val split of a YOLO dataset")
     parser.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--labels", required=True, type=Path, help="folder of YOLO .txt labels (same layout)")
+    parser.add_argument("--labels", type=Path, help="folder of YOLO .txt labels (same layout); not with --labeled")
     parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
     parser.add_argument("--val", type=float, default=0.2, help="val fraction of each class")
     parser.add_argument("--seed", type=int, default=0)
@@ -100,7 +144,13 @@ def main(argv=None):
     parser.add_argument("--names", nargs="+", help="class names in id order")
     parser.add_argument("--data", type=Path, help="dataset YAML whose names to use")
     parser.add_argument("--name", default="data", help="file name (without .yaml) of the written dataset YAML")
+    parser.add_argument("--labeled", type=float, help="semi-supervised split: this fraction of each class labeled, "
+                        "the rest unlabeled (image lists; needs --data)")
     opt = parser.parse_args(argv)
+    if opt.labeled is not None:
+        return _labeled_split(opt)
+    if opt.labels is None:
+        parser.error("--labels is required (unless --labeled)")
     if not 0 < opt.val < 1:
         parser.error("--val must be between 0 and 1")
     names = opt.names
