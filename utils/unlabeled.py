@@ -185,8 +185,9 @@ def attach_unlabeled(engine, spec, ratio):
                               cache_images=None if cache == "val" else cache, prefix=prefix)
     loader = SemiLoader(engine.train_loader, dataset, ratio, workers=engine.train_loader.num_workers)
     shared = len(set(dataset.im_files) & set(labeled.im_files))
+    also = f"; {shared} of them are labeled training images too" if shared else ""
     LOGGER.info(f"{prefix}{len(dataset)} images from {path}: {loader.per_batch} per batch of "
                 f"{engine.train_loader.batch_size} labeled (--unlabeled-ratio {ratio:g}); detection loss on the "
-                f"labeled images only, KD on all" + (f"; {shared} of them are labeled training images too" if shared else ""))
+                f"labeled images only, KD on all{also}")
     engine.train_loader = loader
     return loader
