@@ -17,7 +17,8 @@ from tqdm import tqdm
 from utils.accumulation import last_step_before
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
-from utils.general import LOGGER, check_img_size, colorstr, init_seeds, yaml_load, yaml_save
+from utils.general import (LOGGER, check_img_size, colorstr, init_seeds, labels_to_class_weights,
+                           labels_to_image_weights, yaml_load, yaml_save)
 from utils.cli import UserError
 from utils.ddp_sync import average_grads, broadcast_modules
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -25,6 +26,7 @@ from utils.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, nonfinite_entries
 from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
 from utils.options import check_hyp, check_train_options
 from utils.results_log import append_row, drop_rows_from
+from utils.stopping import EarlyStopping, TimeBudget
 from utils.plugins import Plugin, Plugins  # noqa: F401 - Plugin is part of the engine interface
 from utils.resume import resume_run
 
@@ -35,39 +37,6 @@ NBS = 64  # nominal batch size
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
-
-
-class EarlyStopping:
-    """Stop when fitness has not strictly improved for `patience` validated epochs."""
-
-    def __init__(self, patience=100):
-        self.best_fitness, self.best_epoch = -math.inf, 0
-        self.patience = patience or math.inf
-
-    def __call__(self, epoch, fitness):
-        if fitness > self.best_fitness:
-            self.best_epoch, self.best_fitness = epoch, fitness
-        stop = (epoch - self.best_epoch) >= self.patience
-        if stop:
-            LOGGER.info(f"Stopping training early as no improvement observed in last {self.patience} epochs. "
-                        f"Best results observed at epoch {self.best_epoch}, best model saved as best.pt.")
-        return stop
-
-
-def labels_to_class_weights(labels, nc):
-    """Inverse class frequency weights (nc,) from dataset labels, normalised to sum 1."""
-    if not len(labels):
-        return torch.ones(nc) / nc
-    classes = np.concatenate(labels, 0)[:, 0].astype(int)
-    counts = np.bincount(classes, minlength=nc).astype(float)
-    counts[counts == 0] = 1
-    w = 1 / counts
-    return torch.from_numpy(w / w.sum()).float()
-
-
-def labels_to_image_weights(labels, nc, class_weights):
-    """Per-image sampling weight = sum of its labels' class weights."""
-    return np.array([(class_weights[lb[:, 0].astype(int)]).sum() if len(lb) else 0.0 for lb in labels]) + 1e-9
 
 
 def _plain(v):
@@ -243,8 +212,9 @@ class Trainer:
         hyp, opt = self.hyp, self.opt
         scale_loss_gains(hyp, self.model.model[-1].nl, self.nc, self.imgsz)
         hyp["label_smoothing"] = opt.label_smoothing
-        self.accumulate = max(round(NBS / self.batch_size), 1)
-        hyp["weight_decay"] *= self.batch_size * self.accumulate / NBS
+        self.nbs = int(hyp.get("nbs", NBS))  # nominal batch size: optional hyp key, as the ultralytics trainer's
+        self.accumulate = max(round(self.nbs / self.batch_size), 1)
+        hyp["weight_decay"] *= self.batch_size * self.accumulate / self.nbs
         m = self.model
         m.nc, m.hyp, m.names = self.nc, hyp, self.names
         m.class_weights = labels_to_class_weights(self.dataset.labels, self.nc).to(self.device) * self.nc
@@ -362,12 +332,15 @@ class Trainer:
         t0 = time.time()
         if self.is_main_process:
             LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nStarting training for {self.epochs} epochs...")
+        if self.budget is not None:
+            self.budget.start()
         epoch = self.start_epoch
-        for epoch in range(self.start_epoch, self.epochs):
+        while epoch < self.epochs:  # --time may change self.epochs after each epoch
             mloss = self._train_epoch(epoch)
             results, stop = self._end_epoch(epoch, mloss, results)
-            if stop:
+            if stop or epoch + 1 >= self.epochs:
                 break
+            epoch += 1
         if self.is_main_process:
             LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         return results
@@ -379,6 +352,8 @@ class Trainer:
         self.compute_loss = ComputeLoss(self.model)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.stopper = EarlyStopping(self.opt.patience)
+        hours = getattr(self.opt, "time", None)
+        self.budget = TimeBudget(hours, self.start_epoch) if hours else None
         self.loss_names = self.plugins.loss_names
         self.maps = np.zeros(self.nc)
         self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
@@ -387,7 +362,7 @@ class Trainer:
                                     lr0=self.hyp_orig["lr0"], distributed=self.world_size > 1,
                                     check_grads=not self.amp)
         self.accumulate_now = self.accumulate  # grows during warmup
-        self.last_opt_step = last_step_before(self.start_epoch * self.nb, self.nw, NBS, self.batch_size)
+        self.last_opt_step = last_step_before(self.start_epoch * self.nb, self.nw, self.nbs, self.batch_size)
 
     def _train_epoch(self, epoch):
         """One pass over the training set -> mean losses (box, obj, cls, plugin terms) of its finite batches."""
@@ -401,8 +376,8 @@ class Trainer:
         self.optimizer.zero_grad()
         self.guard.start_window()
         self.last_log = 0.0
-        for i, (imgs, targets, paths, _) in pbar:
-            imgs, loss_items = self._train_step(epoch, i, imgs, targets)
+        for i, (imgs, targets, paths, *extra) in pbar:  # extra: shapes[, n_labeled] (utils/unlabeled.py)
+            imgs, loss_items = self._train_step(epoch, i, imgs, targets, extra[1] if len(extra) > 1 else None)
             if self.is_main_process:
                 ok = torch.isfinite(loss_items).all()
                 n_ok = n_ok + ok
@@ -426,14 +401,15 @@ class Trainer:
             pbar = tqdm(pbar, total=self.nb, bar_format="{l_bar}{bar:10}{r_bar}")
         return pbar
 
-    def _train_step(self, epoch, i, imgs, targets):
+    def _train_step(self, epoch, i, imgs, targets, n_labeled=None):
         """Forward, loss (detection + every plugin's), backward; an optimiser step when the accumulation
-        window is full -> (input batch as trained, loss items)."""
+        window is full -> (input batch as trained, loss items). n_labeled: only the first n_labeled images
+        have labels (the rest are unlabeled, for the plugins' losses): the detection loss scores those."""
         ni = i + self.nb * epoch
         imgs = self._prepare_batch(imgs, ni, epoch)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_on):
             pred = self.train_model(imgs)
-            loss, loss_items = self.compute_loss(pred, targets.to(self.device))
+            loss, loss_items = self.compute_loss(pred, targets.to(self.device), labeled=n_labeled)
             ploss, pitems = self.plugins.step_loss(imgs, targets, pred)
             if ploss is not None:
                 loss = loss + ploss
@@ -456,7 +432,7 @@ class Trainer:
         """uint8 -> float [0, 1] on the device; warmup lr/momentum; --multi-scale resize; channels_last."""
         imgs = imgs.to(self.device, non_blocking=True).float() / 255
         if ni <= self.nw:
-            self.accumulate_now = apply_warmup(self.optimizer, ni, self.nw, epoch, self.lf, self.hyp, NBS,
+            self.accumulate_now = apply_warmup(self.optimizer, ni, self.nw, epoch, self.lf, self.hyp, self.nbs,
                                                self.batch_size)
         if self.opt.multi_scale:
             sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
@@ -485,6 +461,8 @@ class Trainer:
     def _end_epoch(self, epoch, mloss, results):
         """LR schedule step; on rank 0 validation, results.csv row and checkpoints; plugins' on_epoch_end;
         early stopping agreed by all ranks -> (results, stop)."""
+        if self.budget is not None:
+            self._follow_budget(epoch)
         lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
         stop = False
@@ -495,7 +473,23 @@ class Trainer:
             flag = [stop]
             dist.broadcast_object_list(flag, 0)
             stop = flag[0]
+        if self.budget is not None:
+            self.budget.end_work_finished()
         return results, stop
+
+    def _follow_budget(self, epoch):
+        """--time: set the total epochs to what fits in the budget (rank 0's plan on every rank) and make
+        the LR schedule span it."""
+        total = [self.budget.plan(epoch)]
+        if self.world_size > 1:
+            dist.broadcast_object_list(total, 0)
+        self.budget.end_work_started()
+        if total[0] != self.epochs:
+            if self.is_main_process:
+                LOGGER.info(self.budget.describe(epoch, total[0]))
+            self.epochs = self.opt.epochs = total[0]
+            self.lf = lr_lambda(self.epochs, self.hyp["lrf"], self.opt.cos_lr)
+            self.scheduler.lr_lambdas = [self.lf] * len(self.optimizer.param_groups)
 
     def _validate_log_save(self, epoch, mloss, results, lr):
         """EMA attributes, validation (each epoch, or the last with --noval), fitness, best/last.pt."""
