@@ -32,6 +32,8 @@ DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 
 NPY_DIR = ".yolov5kd-npy"  # the disk image cache: a hidden folder of ours beside the images
 
+cv2.setNumThreads(0)  # OpenCV's own thread pool would compete with torch and the loader workers for the cores
+
 
 def npy_cache_paths(im_files):
     """Disk-cache file of each image, named after the image's size and mtime, in our own cache folder

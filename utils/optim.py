@@ -105,19 +105,25 @@ class ModelEMA:
     def decay(self, updates):
         return self.base_decay * (1 - math.exp(-updates / self.tau))
 
+    def _pairs(self, model):
+        """(EMA tensors, model tensors) of every floating state entry, built once per model: reading them
+        through state_dict() every step cost more than the update itself on a CPU."""
+        key = id(model)
+        if getattr(self, "_pairs_key", None) != key:
+            own = dict(self.ema.named_parameters()) | dict(self.ema.named_buffers())
+            theirs = dict(model.named_parameters()) | dict(model.named_buffers())
+            names = [k for k in self.ema.state_dict() if own[k].dtype.is_floating_point]
+            self._pairs_cache = ([own[k] for k in names], [theirs[k] for k in names])
+            self._pairs_key = key
+        return self._pairs_cache
+
     @torch.no_grad()
     def update(self, model):
         self.updates += 1
         d = self.decay(self.updates)
-        msd = de_parallel(model).state_dict()
-        ema_t, model_t = [], []
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                ema_t.append(v)
-                model_t.append(msd[k].detach().to(v.dtype))
-        if ema_t:
-            torch._foreach_mul_(ema_t, d)
-            torch._foreach_add_(ema_t, model_t, alpha=1.0 - d)
+        ema_t, model_t = self._pairs(de_parallel(model))
+        if ema_t:  # ema = d * ema + (1 - d) * model, in one fused pass
+            torch._foreach_lerp_(ema_t, [t.detach().to(e.dtype) for e, t in zip(ema_t, model_t)], 1.0 - d)
 
     def update_attr(self, model, include=("yaml", "nc", "hyp", "names", "stride", "class_weights"),
                     exclude=("process_group", "reducer", "training")):

@@ -67,27 +67,29 @@ def cpu_name(cpuinfo=Path("/proc/cpuinfo")):
     return ""
 
 
-def probe_bf16_speedup(size=128, repeats=4):
-    """fp32 time / bf16-autocast time of a small conv + matmul on this CPU (a few ms when bf16 is native)."""
+def probe_bf16_speedup(size=128, repeats=4, rounds=5):
+    """fp32 time / bf16-autocast time of a small conv + matmul on this CPU (a few ms when bf16 is native).
+
+    The two are timed in alternation, best of `rounds` each, so that other work on the machine slows both
+    alike instead of deciding the ratio."""
     x = torch.randn(4, 32, size // 4, size // 4)
     w = torch.randn(64, 32, 3, 3)
     a, b = torch.randn(size, size), torch.randn(size, size)
 
-    def timed(dtype):
-        """Best of 3 timings (the least disturbed by other work on the machine)."""
-        best = float("inf")
+    def once(dtype):
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            torch.nn.functional.conv2d(x, w, padding=1)
-            a @ b  # warm-up
-            for _ in range(3):
-                t = time.perf_counter()
-                for _ in range(repeats):
-                    torch.nn.functional.conv2d(x, w, padding=1)
-                    a @ b
-                best = min(best, time.perf_counter() - t)
-        return best
+            t = time.perf_counter()
+            for _ in range(repeats):
+                torch.nn.functional.conv2d(x, w, padding=1)
+                a @ b
+            return time.perf_counter() - t
 
-    return timed(None) / max(timed(torch.bfloat16), 1e-9)
+    once(None), once(torch.bfloat16)  # warm-up
+    best = {None: float("inf"), torch.bfloat16: float("inf")}
+    for _ in range(rounds):
+        for dtype in best:
+            best[dtype] = min(best[dtype], once(dtype))
+    return best[None] / max(best[torch.bfloat16], 1e-9)
 
 
 def choose_precision(requested="auto", device_type="cpu", flags=None, probe=probe_bf16_speedup):
