@@ -1,10 +1,13 @@
-"""The main job, end to end: train a teacher, distil a student, validate both, print a table.
+"""The main job, end to end: train a teacher, distil a student, train the same student alone, validate all
+three on the same val set, and write a table and the KD report -- in about --minutes on this machine.
 
-Runs out of the box on a fresh machine (CPU, no dataset, no network): the default
-dataset is the synthetic defect set that data/synthetic.yaml generates locally.
+Runs out of the box on a fresh machine (CPU, no dataset, no network): the default dataset is the synthetic
+defect set that data/synthetic.yaml generates locally. In its first seconds it times a few training steps of
+both models here, then gives each stage its epochs so that the whole job fits the budget; each stage also
+runs under a --time cap. The baseline student gets exactly the KD student's epochs.
 
-    python quickstart.py                      # teacher yolov5s -> KD student yolov5n
-    python quickstart.py --baseline           # also train the student alone, for comparison
+    python quickstart.py --baseline                    # ~10 minutes: teacher yolov5s -> KD student yolov5n
+    python quickstart.py --baseline --minutes 30       # a longer budget: more epochs for every stage
     python quickstart.py --data data/NEU-DET.yaml --img 224 --teacher-epochs 30 --student-epochs 30
 """
 
@@ -20,13 +23,15 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 import train_kd  # noqa: E402
-from utils.checkpoint import load_model  # noqa: E402
-from utils.evaluation import validate_weights  # noqa: E402
 from utils.general import LOGGER, increment_path  # noqa: E402
 from utils.precision import CHOICES as PRECISIONS  # noqa: E402
-from utils.torch_utils import model_flops  # noqa: E402
+from utils.report import Run, measure, write_report  # noqa: E402
 
-COLUMNS = ("run", "model", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", "train s")
+COLUMNS = ("run", "model", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", "epochs", "train s")
+HYP = ROOT / "data/hyps/hyp.quickstart.yaml"
+STAGE_KEYS = {"teacher": "teacher", "student_kd": "kd", "student_baseline": "baseline"}
+GPU_EPOCHS = 40
+CAP_MARGIN = 1.05  # a stage's --time cap: its planned seconds plus 5%
 
 
 def parse_opt(argv=None):
@@ -35,51 +40,74 @@ def parse_opt(argv=None):
     p.add_argument("--teacher-cfg", default="yolov5s.yaml", help="teacher model YAML")
     p.add_argument("--student-cfg", default="yolov5n.yaml", help="student model YAML")
     p.add_argument("--teacher-weight", default="", help="use this trained teacher instead of training one")
+    p.add_argument("--hyp", default=str(HYP), help="hyperparameters of every stage (the same for both students)")
+    p.add_argument("--optimizer", default="AdamW", choices=["SGD", "Adam", "AdamW"], help="optimizer of every stage")
     p.add_argument("--img", type=int, default=128, help="train/val image size")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--teacher-epochs", type=int, default=40)
-    p.add_argument("--student-epochs", type=int, default=40)
+    p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole job")
+    p.add_argument("--teacher-share", type=float, default=0.5, help="fraction of the training time for the teacher")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="fixed teacher epochs (no budget)")
+    p.add_argument("--student-epochs", type=int, default=None, help="fixed student epochs (no budget)")
     p.add_argument("--baseline", action="store_true", help="also train the student without distillation")
     p.add_argument("--device", default="", help="cpu, 0, 0,1 ... ('' = CUDA if available)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--project", default=str(ROOT / "runs/quickstart"), help="everything is written under here")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training precision (auto: bf16 only on a CPU where it is faster, fp16 AMP on CUDA)")
     p.add_argument("--fp32", action="store_true", help="shorthand for --precision fp32")
     p.add_argument("--kd-args", default="", help="extra train_kd.py flags, e.g. \"--feat at fgfi --beta fgfi=0.002\"")
+    p.add_argument("--report-images", type=int, default=3, help="val images with detections in report.png")
     return p.parse_args(argv)
 
 
-def _common_args(opt, project, name, epochs, cfg):
-    return ["--data", opt.data, "--cfg", cfg, "--imgsz", str(opt.img), "--batch-size", str(opt.batch_size),
-            "--epochs", str(epochs), "--device", opt.device, "--workers", str(opt.workers),
-            "--project", str(project), "--name", name, "--exist-ok", "--noplots",
-            "--precision", "fp32" if opt.fp32 else opt.precision]
+def _fmt_s(seconds):
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+class Stages:
+    """Progress: one line per stage with its ETA, and the time of each at the end."""
+
+    def __init__(self, total):
+        self.total, self.n, self.t0, self.done = total, 0, time.time(), []
+
+    def start(self, name, eta_seconds=None, detail=""):
+        self.n += 1
+        self.name, self.t_stage = name, time.time()
+        eta = "" if eta_seconds is None else (f", ETA {_fmt_s(eta_seconds)} (about "
+                                              f"{time.strftime('%H:%M:%S', time.localtime(time.time() + eta_seconds))})")
+        LOGGER.info(f"\nquickstart: stage {self.n}/{self.total} {name}{detail}{eta}")
+
+    def finish(self):
+        self.done.append((self.name, time.time() - self.t_stage))
+        return self.done[-1][1]
+
+    def summary(self):
+        parts = ", ".join(f"{n} {_fmt_s(s)}" for n, s in self.done)
+        return f"quickstart: done in {_fmt_s(time.time() - self.t0)} ({parts})"
+
+
+def _common_args(opt, project, name, epochs, cfg, precision, hours=None):
+    args = ["--data", opt.data, "--cfg", cfg, "--imgsz", str(opt.img), "--batch-size", str(opt.batch_size),
+            "--epochs", str(epochs), "--device", opt.device, "--workers", str(opt.workers), "--hyp", opt.hyp,
+            "--optimizer", opt.optimizer, "--seed", str(opt.seed), "--project", str(project), "--name", name,
+            "--exist-ok", "--noplots", "--precision", precision]
+    return args + (["--time", f"{hours:.6f}"] if hours else [])
 
 
 def _train(module, args):
-    """Run train.py / train_kd.py in-process; returns (best.pt path, wall seconds)."""
+    """Run train.py / train_kd.py in-process -> (best.pt path, wall seconds, epochs trained)."""
     run_opt = module.build_parser().parse_args(args)
     t0 = time.time()
     module.main(run_opt)
-    best = Path(run_opt.save_dir) / "weights" / "best.pt"
+    save_dir = Path(run_opt.save_dir)
+    best = save_dir / "weights" / "best.pt"
     if not best.is_file():
         raise RuntimeError(f"{module.__name__}: training finished without {best}")
-    return best, time.time() - t0
-
-
-def _evaluate(opt, run, cfg, weights, train_seconds, project):
-    """Validate one checkpoint (as val.py does) and describe the model."""
-    (_, _, map50, map5095, *_), _, speed = validate_weights(opt.data, weights=str(weights), batch_size=opt.batch_size,
-                                                            imgsz=opt.img, device=opt.device, workers=opt.workers,
-                                                            project=project / "val", name=run, exist_ok=True,
-                                                            plots=False)
-    model = load_model(weights)
-    params = sum(p.numel() for p in model.parameters())
-    gflops = model_flops(model, opt.img)
-    return {"run": run, "model": Path(cfg).stem if cfg else "?", "params": params, "GFLOPs": round(gflops, 2) if gflops else None,
-            "mAP50": round(float(map50), 4), "mAP50-95": round(float(map5095), 4),
-            "ms/img": round(float(speed[1]), 2), "train s": round(train_seconds, 1)}
+    csv = save_dir / "results.csv"
+    epochs = max(len(csv.read_text().splitlines()) - 1, 0) if csv.is_file() else 0
+    return best, time.time() - t0, epochs
 
 
 def format_table(rows):
@@ -91,33 +119,162 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def _resolve_precision(opt):
+    """The precision every stage uses: decided once here (auto's probe runs once, not per stage)."""
+    from utils.precision import choose_precision, requested_precision
+    from utils.torch_utils import select_device
+
+    device = select_device(opt.device, opt.batch_size)
+    precision = choose_precision(requested_precision(opt), device.type)
+    LOGGER.info(f"quickstart: precision {precision.name} ({precision.reason})")
+    return precision, device
+
+
+def _dataset_sizes(data_dict):
+    from utils.label_files import list_image_files
+
+    return len(list_image_files(data_dict["train"])), len(list_image_files(data_dict["val"]))
+
+
+def _plan(opt, data_dict, precision, device, seconds):
+    """Epochs per stage: fixed by the flags, else fitted to the seconds left (probe of this machine)."""
+    from utils.stage_plan import plan_epochs, probe_costs
+
+    train_teacher = not opt.teacher_weight
+    if opt.student_epochs and (opt.teacher_epochs or not train_teacher):
+        fixed = {"teacher": opt.teacher_epochs, "kd": opt.student_epochs, "baseline": opt.student_epochs}
+        return fixed, None, None
+    if device.type != "cpu":
+        LOGGER.info(f"quickstart: no time budget on {device.type} (the probe is for CPUs): "
+                    f"{GPU_EPOCHS} epochs per stage unless given")
+        n = {"teacher": opt.teacher_epochs or GPU_EPOCHS, "kd": opt.student_epochs or GPU_EPOCHS}
+        return {**n, "baseline": n["kd"]}, None, None
+    n_train, n_val = _dataset_sizes(data_dict)
+    costs = probe_costs(opt.teacher_cfg if train_teacher else opt.teacher_weight, opt.student_cfg,
+                        int(data_dict["nc"]), opt.img, opt.batch_size, precision)
+    epochs, seconds_per = plan_epochs(costs, seconds, n_train, n_val, opt.teacher_share, opt.baseline,
+                                      teacher=train_teacher)
+    if opt.teacher_epochs:
+        epochs["teacher"] = opt.teacher_epochs
+    if opt.student_epochs:
+        epochs["kd"] = epochs["baseline"] = opt.student_epochs
+    LOGGER.info(f"quickstart: probe (img {opt.img}, batch {opt.batch_size}, {precision.name}): "
+                f"{', '.join(f'{k} {v * 1e3:.1f} ms/img' for k, v in vars(costs).items())} -> epochs "
+                f"{epochs} for {_fmt_s(seconds)} of training")
+    return epochs, costs, (n_train, n_val)
+
+
+class MainJob:
+    """The stages of the main job under one budget: probe, teacher, KD student, baseline, report."""
+
+    RESERVE = 25.0  # seconds kept for the final validations and the report
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.t0 = time.time()
+        self.project = increment_path(Path(opt.project) / "exp", mkdir=True)
+        self.train_teacher = not opt.teacher_weight
+        self.stages = Stages(2 + self.train_teacher + 1 + opt.baseline)
+        self.runs, self.info = [], {}
+
+    def seconds_left(self):
+        return self.opt.minutes * 60 - (time.time() - self.t0) - self.RESERVE
+
+    def run(self):
+        from utils.dataset_yaml import check_dataset
+
+        opt = self.opt
+        self.stages.start("dataset and machine probe")
+        self.data_dict = check_dataset(opt.data)
+        self.precision, device = _resolve_precision(opt)
+        self.epochs, self.costs, self.sizes = _plan(opt, self.data_dict, self.precision, device, self.seconds_left())
+        self.stages.finish()
+        if self.train_teacher:
+            teacher = self.train_stage("teacher", train, opt.teacher_cfg, self.epochs["teacher"])[0]
+            self.replan_students()
+        else:
+            teacher = Path(opt.teacher_weight)
+            self.runs.append(Run("teacher", teacher))
+            self.info["teacher"] = {"cfg": "", "epochs": None, "train s": 0.0}
+        kd_extra = ["--teacher_weight", str(teacher)] + opt.kd_args.split()
+        kd_epochs = self.train_stage("student_kd", train_kd, opt.student_cfg, self.epochs["kd"], kd_extra)[1]
+        if opt.baseline:  # exactly the KD student's epochs (its --time cap may have shortened them): no cap
+            self.train_stage("student_baseline", train, opt.student_cfg, kd_epochs, capped=False)
+        return self.report()
+
+    def train_stage(self, role, module, cfg, epochs, extra=(), capped=True):
+        """One training stage with its ETA line (and --time cap under a budget) -> (best.pt, epochs run)."""
+        key = STAGE_KEYS[role]
+        planned = self.costs.epoch_seconds(key, *self.sizes) * epochs if self.costs else None
+        self.stages.start(f"{role} {Path(cfg).stem}", planned, f": {epochs} epochs")
+        cap = planned * CAP_MARGIN / 3600 if planned and capped else None
+        args = _common_args(self.opt, self.project, role, epochs, cfg, self.precision.name, cap) + list(extra)
+        best, seconds, done = _train(module, args)
+        self.stages.finish()
+        self.info[role] = {"cfg": cfg, "epochs": done, "train s": round(seconds, 1)}
+        self.runs.append(Run(role, best, best.parent.parent / "results.csv"))
+        if planned and done:  # later stages are planned with what this one really took
+            from utils.stage_plan import calibrate
+
+            self.costs, k = calibrate(self.costs, planned / epochs, seconds / done)
+            LOGGER.info(f"quickstart: {role} took {k:.2f}x the probe's estimate per epoch; later stages use that")
+        return best, done
+
+    def replan_students(self):
+        """After the teacher: the students' epochs from the calibrated costs and the time really left."""
+        from utils.stage_plan import plan_epochs
+
+        if self.costs is None or self.opt.student_epochs:
+            return
+        epochs, _ = plan_epochs(self.costs, self.seconds_left(), *self.sizes, teacher_share=0.0,
+                                baseline=self.opt.baseline, teacher=False)
+        self.epochs["kd"] = self.epochs["baseline"] = epochs["kd"]
+
+    def report(self):
+        """Validate every model (as val.py), write results.md/json, report.md/png -> table rows."""
+        opt = self.opt
+        self.stages.start("validation of every model and the KD report")
+        rows = []
+        for r in self.runs:
+            m = measure(r, self.data_dict, opt.img, opt.batch_size, opt.device, opt.workers, project=self.project)
+            r.metrics.update(self.info[r.role])
+            rows.append({"run": r.role, "model": Path(self.info[r.role]["cfg"]).stem or "?", **m,
+                         **self.info[r.role]})
+        basis = _basis(opt, self.precision, self.info)
+        write_report(self.project, self.runs, self.data_dict, opt.img, basis=basis, images=opt.report_images,
+                     extra_columns=("epochs", "train s"))
+        self.stages.finish()
+        table = format_table(rows)
+        (self.project / "results.md").write_text(table + "\n\n" + basis + "\n")
+        rows = [{k: v for k, v in r.items() if k not in ("ap50", "cfg")} for r in rows]
+        (self.project / "results.json").write_text(json.dumps(rows, indent=2))
+        LOGGER.info(f"\n{table}\n\n{basis}\n\nSaved to {self.project}: results.md, report.md, report.png")
+        LOGGER.info(self.stages.summary())
+        return rows
+
+
 def main(opt):
-    project = increment_path(Path(opt.project) / "exp", mkdir=True)
-    rows = []
-    if opt.teacher_weight:
-        teacher, t_teacher = Path(opt.teacher_weight), 0.0
-    else:
-        LOGGER.info(f"quickstart: 1/3 training the teacher {opt.teacher_cfg}")
-        teacher, t_teacher = _train(train, _common_args(opt, project, "teacher", opt.teacher_epochs, opt.teacher_cfg))
-    rows.append(_evaluate(opt, "teacher", "" if opt.teacher_weight else opt.teacher_cfg, teacher, t_teacher, project))
+    return MainJob(opt).run()
 
-    LOGGER.info(f"quickstart: 2/3 distilling the student {opt.student_cfg}")
-    kd_args = _common_args(opt, project, "student_kd", opt.student_epochs, opt.student_cfg)
-    kd_args += ["--teacher_weight", str(teacher)] + opt.kd_args.split()
-    student, t_student = _train(train_kd, kd_args)
-    rows.append(_evaluate(opt, "student_kd", opt.student_cfg, student, t_student, project))
 
-    if opt.baseline:
-        LOGGER.info(f"quickstart: 3/3 training the baseline student {opt.student_cfg} without distillation")
-        base, t_base = _train(train, _common_args(opt, project, "student_baseline", opt.student_epochs,
-                                                  opt.student_cfg))
-        rows.append(_evaluate(opt, "student_baseline", opt.student_cfg, base, t_base, project))
+def _basis(opt, precision, info):
+    """The line that says what the table compares."""
+    import platform
 
-    table = format_table(rows)
-    (project / "results.md").write_text(table + "\n")
-    (project / "results.json").write_text(json.dumps(rows, indent=2))
-    LOGGER.info(f"\n{table}\n\nSaved to {project}/results.md and results.json")
-    return rows
+    from utils.precision import cpu_flags, cpu_name
+
+    kd, base = info.get("student_kd", {}), info.get("student_baseline", {})
+    same = f"both students {kd.get('epochs')} epochs" if base else f"KD student {kd.get('epochs')} epochs"
+    return (f"Basis: {same}, teacher {info['teacher']['epochs'] or 'given'} epochs; img {opt.img}, batch "
+            f"{opt.batch_size}, hyp {Path(opt.hyp).name}, {opt.optimizer}, seed {opt.seed}, precision "
+            f"{precision.name}; metrics of each best.pt on the same val set ({Path(opt.data).name}); "
+            f"{cpu_name() or platform.processor() or 'CPU'} ({_bf16_flags(cpu_flags())}).")
+
+
+def _bf16_flags(flags):
+    """The CPU flags that decide bf16 on a CPU, as a short phrase."""
+    have = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags]
+    return "flags " + ", ".join(have) if have else "no AVX2/AVX-512"
 
 
 if __name__ == "__main__":

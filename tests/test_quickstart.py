@@ -1,9 +1,10 @@
-"""The main job (quickstart.py) end to end on the embedded synthetic dataset, with a tiny budget."""
+"""The main job (quickstart.py) end to end on the embedded synthetic dataset, with a tiny budget; the report."""
 
 import json
 
 import quickstart
 from models.yolo import DetectionModel
+from utils import report
 from utils.general import ROOT
 
 
@@ -11,9 +12,13 @@ def _param_count(cfg, nc):
     return sum(p.numel() for p in DetectionModel(ROOT / "models" / cfg, nc=nc).parameters())
 
 
-def test_quickstart_table(tmp_path):
-    opt = quickstart.parse_opt(["--teacher-epochs", "1", "--student-epochs", "1", "--img", "64", "--batch-size", "16",
-                                "--baseline", "--workers", "0", "--device", "cpu", "--project", str(tmp_path)])
+def _common(tmp_path):
+    return ["--img", "64", "--batch-size", "16", "--baseline", "--workers", "0", "--device", "cpu",
+            "--project", str(tmp_path), "--report-images", "2"]
+
+
+def test_quickstart_table_and_report(tmp_path):
+    opt = quickstart.parse_opt(["--teacher-epochs", "1", "--student-epochs", "2", *_common(tmp_path)])
     rows = quickstart.main(opt)
     assert [r["run"] for r in rows] == ["teacher", "student_kd", "student_baseline"]
     by_run = {r["run"]: r for r in rows}
@@ -21,11 +26,35 @@ def test_quickstart_table(tmp_path):
     assert by_run["teacher"]["params"] == _param_count("yolov5s.yaml", nc)
     assert by_run["student_kd"]["params"] == by_run["student_baseline"]["params"] == _param_count("yolov5n.yaml", nc)
     assert by_run["student_kd"]["GFLOPs"] < by_run["teacher"]["GFLOPs"]
+    assert [r["epochs"] for r in rows] == [1, 2, 2]
     for r in rows:
         assert 0.0 <= r["mAP50-95"] <= r["mAP50"] <= 1.0 and r["ms/img"] > 0 and r["train s"] > 0
     out = tmp_path / "exp"
     table = (out / "results.md").read_text()
-    assert table.startswith("| run | model | params | GFLOPs | mAP50 | mAP50-95 | ms/img | train s |")
+    assert table.startswith("| run | model | params | GFLOPs | mAP50 | mAP50-95 | ms/img | epochs | train s |")
     assert "| student_kd | yolov5n |" in table and "| teacher | yolov5s |" in table
+    assert "Basis: both students 2 epochs, teacher 1 epochs" in table
     assert json.loads((out / "results.json").read_text()) == rows
-    assert (out / "student_kd" / "weights" / "best.pt").is_file()
+    md = (out / "report.md").read_text()
+    assert "KD student vs baseline" in md and "| scratches |" in md and "![report](report.png)" in md
+    assert (out / "report.png").stat().st_size > 10_000
+
+    # the same report from the run folders, by the report tool
+    again = report.main(report.parse_opt(["--teacher", str(out / "teacher"), "--student", str(out / "student_kd"),
+                                          "--baseline", str(out / "student_baseline"), "--img", "64", "--device",
+                                          "cpu", "--workers", "0", "--images", "0", "--out", str(tmp_path / "r")]))
+    md2 = again.read_text()
+    for r in rows:
+        assert f"| {r['run']} | {r['params']:,} | {r['GFLOPs']} | {r['mAP50']} | {r['mAP50-95']} |" in md2
+
+
+def test_quickstart_budget_plans_epochs_and_baseline_matches_kd(tmp_path, caplog_yolo):
+    opt = quickstart.parse_opt(["--minutes", "1.2", "--report-images", "0", *_common(tmp_path)])
+    rows = quickstart.main(opt)
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["student_baseline"]["epochs"] == by_run["student_kd"]["epochs"] >= 1
+    assert by_run["teacher"]["epochs"] >= 1
+    log = caplog_yolo.text
+    assert "quickstart: probe (img 64, batch 16" in log and "ETA" in log
+    assert "quickstart: stage 5/5 validation of every model and the KD report" in log
+    assert "quickstart: done in" in log
