@@ -31,7 +31,6 @@ COLUMNS = ("run", "model", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", "e
 HYP = ROOT / "data/hyps/hyp.quickstart.yaml"
 STAGE_KEYS = {"teacher": "teacher", "student_kd": "kd", "student_baseline": "baseline"}
 GPU_EPOCHS = 40
-CAP_MARGIN = 1.05  # a stage's --time cap: its planned seconds plus 5%
 
 
 def parse_opt(argv=None):
@@ -45,7 +44,7 @@ def parse_opt(argv=None):
     p.add_argument("--img", type=int, default=128, help="train/val image size")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole job")
-    p.add_argument("--teacher-share", type=float, default=0.5, help="fraction of the training time for the teacher")
+    p.add_argument("--teacher-share", type=float, default=0.4, help="fraction of the training time for the teacher")
     p.add_argument("--teacher-epochs", type=int, default=None, help="fixed teacher epochs (no budget)")
     p.add_argument("--student-epochs", type=int, default=None, help="fixed student epochs (no budget)")
     p.add_argument("--baseline", action="store_true", help="also train the student without distillation")
@@ -136,38 +135,31 @@ def _dataset_sizes(data_dict):
     return len(list_image_files(data_dict["train"])), len(list_image_files(data_dict["val"]))
 
 
-def _plan(opt, data_dict, precision, device, seconds):
-    """Epochs per stage: fixed by the flags, else fitted to the seconds left (probe of this machine)."""
-    from utils.stage_plan import plan_epochs, probe_costs
+def _probe(opt, data_dict, precision, device):
+    """Per-image costs of the job's models on this machine, or None where no budget is planned (every
+    epoch count given, or a GPU: the probe is for CPUs) -> (costs, (n_train, n_val))."""
+    from utils.stage_plan import probe_costs
 
     train_teacher = not opt.teacher_weight
     if opt.student_epochs and (opt.teacher_epochs or not train_teacher):
-        fixed = {"teacher": opt.teacher_epochs, "kd": opt.student_epochs, "baseline": opt.student_epochs}
-        return fixed, None, None
+        return None, None
     if device.type != "cpu":
         LOGGER.info(f"quickstart: no time budget on {device.type} (the probe is for CPUs): "
                     f"{GPU_EPOCHS} epochs per stage unless given")
-        n = {"teacher": opt.teacher_epochs or GPU_EPOCHS, "kd": opt.student_epochs or GPU_EPOCHS}
-        return {**n, "baseline": n["kd"]}, None, None
-    n_train, n_val = _dataset_sizes(data_dict)
+        opt.teacher_epochs, opt.student_epochs = opt.teacher_epochs or GPU_EPOCHS, opt.student_epochs or GPU_EPOCHS
+        return None, None
+    sizes = _dataset_sizes(data_dict)
     costs = probe_costs(opt.teacher_cfg if train_teacher else opt.teacher_weight, opt.student_cfg,
                         int(data_dict["nc"]), opt.img, opt.batch_size, precision)
-    epochs, seconds_per = plan_epochs(costs, seconds, n_train, n_val, opt.teacher_share, opt.baseline,
-                                      teacher=train_teacher)
-    if opt.teacher_epochs:
-        epochs["teacher"] = opt.teacher_epochs
-    if opt.student_epochs:
-        epochs["kd"] = epochs["baseline"] = opt.student_epochs
-    LOGGER.info(f"quickstart: probe (img {opt.img}, batch {opt.batch_size}, {precision.name}): "
-                f"{', '.join(f'{k} {v * 1e3:.1f} ms/img' for k, v in vars(costs).items())} -> epochs "
-                f"{epochs} for {_fmt_s(seconds)} of training")
-    return epochs, costs, (n_train, n_val)
+    LOGGER.info(f"quickstart: probe (img {opt.img}, batch {opt.batch_size}, {precision.name}, {sizes[0]} train / "
+                f"{sizes[1]} val images): " + ", ".join(f"{k} {v * 1e3:.1f} ms/img" for k, v in vars(costs).items()))
+    return costs, sizes
 
 
 class MainJob:
     """The stages of the main job under one budget: probe, teacher, KD student, baseline, report."""
 
-    RESERVE = 25.0  # seconds kept for the final validations and the report
+    RESERVE = 30.0  # seconds kept for start-up, the final validations and the report
 
     def __init__(self, opt):
         self.opt = opt
@@ -187,48 +179,54 @@ class MainJob:
         self.stages.start("dataset and machine probe")
         self.data_dict = check_dataset(opt.data)
         self.precision, device = _resolve_precision(opt)
-        self.epochs, self.costs, self.sizes = _plan(opt, self.data_dict, self.precision, device, self.seconds_left())
+        self.costs, self.sizes = _probe(opt, self.data_dict, self.precision, device)
         self.stages.finish()
         if self.train_teacher:
-            teacher = self.train_stage("teacher", train, opt.teacher_cfg, self.epochs["teacher"])[0]
-            self.replan_students()
+            teacher = self.train_stage("teacher", train, opt.teacher_cfg, opt.teacher_epochs)[0]
         else:
             teacher = Path(opt.teacher_weight)
             self.runs.append(Run("teacher", teacher))
             self.info["teacher"] = {"cfg": "", "epochs": None, "train s": 0.0}
         kd_extra = ["--teacher_weight", str(teacher)] + opt.kd_args.split()
-        kd_epochs = self.train_stage("student_kd", train_kd, opt.student_cfg, self.epochs["kd"], kd_extra)[1]
-        if opt.baseline:  # exactly the KD student's epochs (its --time cap may have shortened them): no cap
-            self.train_stage("student_baseline", train, opt.student_cfg, kd_epochs, capped=False)
+        kd = self.train_stage("student_kd", train_kd, opt.student_cfg, opt.student_epochs, extra=kd_extra)
+        if opt.baseline:  # exactly the epochs the KD student ran, uncapped (each is cheaper than a KD epoch)
+            self.train_stage("student_baseline", train, opt.student_cfg, kd[1], bound=kd[2])
         return self.report()
 
-    def train_stage(self, role, module, cfg, epochs, extra=(), capped=True):
-        """One training stage with its ETA line (and --time cap under a budget) -> (best.pt, epochs run)."""
-        key = STAGE_KEYS[role]
-        planned = self.costs.epoch_seconds(key, *self.sizes) * epochs if self.costs else None
-        self.stages.start(f"{role} {Path(cfg).stem}", planned, f": {epochs} epochs")
-        cap = planned * CAP_MARGIN / 3600 if planned and capped else None
-        args = _common_args(self.opt, self.project, role, epochs, cfg, self.precision.name, cap) + list(extra)
+    def _stage_seconds(self, role):
+        """A budgeted stage's seconds: the teacher's share of what is left now, or the KD student's half of
+        the students' time (the baseline's epochs then cost at most as much)."""
+        from utils.stage_plan import split_budget
+
+        opt = self.opt
+        share = opt.teacher_share if role == "teacher" else 0.0
+        return split_budget(self.seconds_left(), share, role == "teacher", opt.baseline)[STAGE_KEYS[role]]
+
+    def train_stage(self, role, module, cfg, epochs=None, extra=(), bound=None):
+        """One training stage with its stage line: fixed epochs, or (epochs None) the stage's seconds of the
+        budget as a --time cap with the probe's epoch guess. bound: an upper limit of its time, for the ETA.
+        -> (best.pt, epochs run, seconds)."""
+        from utils.stage_plan import calibrate, epochs_for
+
+        key, cap = STAGE_KEYS[role], None
+        if epochs is None:
+            cap = self._stage_seconds(role)
+            epochs = epochs_for(self.costs, key, cap, *self.sizes)
+            eta, detail = cap, f": {_fmt_s(cap)} of the budget (about {epochs} epochs by the probe)"
+        else:
+            eta = bound or (self.costs.epoch_seconds(key, *self.sizes) * epochs if self.costs else None)
+            detail = f": {epochs} epochs"
+        self.stages.start(f"{role} {Path(cfg).stem}", eta, detail)
+        args = _common_args(self.opt, self.project, role, epochs, cfg, self.precision.name,
+                            cap / 3600 if cap else None) + list(extra)
         best, seconds, done = _train(module, args)
         self.stages.finish()
         self.info[role] = {"cfg": cfg, "epochs": done, "train s": round(seconds, 1)}
         self.runs.append(Run(role, best, best.parent.parent / "results.csv"))
-        if planned and done:  # later stages are planned with what this one really took
-            from utils.stage_plan import calibrate
-
-            self.costs, k = calibrate(self.costs, planned / epochs, seconds / done)
-            LOGGER.info(f"quickstart: {role} took {k:.2f}x the probe's estimate per epoch; later stages use that")
-        return best, done
-
-    def replan_students(self):
-        """After the teacher: the students' epochs from the calibrated costs and the time really left."""
-        from utils.stage_plan import plan_epochs
-
-        if self.costs is None or self.opt.student_epochs:
-            return
-        epochs, _ = plan_epochs(self.costs, self.seconds_left(), *self.sizes, teacher_share=0.0,
-                                baseline=self.opt.baseline, teacher=False)
-        self.epochs["kd"] = self.epochs["baseline"] = epochs["kd"]
+        if self.costs is not None and done:  # later guesses use what this stage really took per epoch
+            self.costs, k = calibrate(self.costs, self.costs.epoch_seconds(key, *self.sizes), seconds / done)
+            LOGGER.info(f"quickstart: {role}: {done} epochs in {_fmt_s(seconds)} ({k:.2f}x the probe's estimate)")
+        return best, done, seconds
 
     def report(self):
         """Validate every model (as val.py), write results.md/json, report.md/png -> table rows."""

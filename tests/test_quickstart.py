@@ -2,27 +2,35 @@
 
 import json
 
+import pytest
+
 import quickstart
 from models.yolo import DetectionModel
+from tests.test_engine import make_tiny_data
 from utils import report
 from utils.general import ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("tiny_qs"), n_train=8, n_val=4)
 
 
 def _param_count(cfg, nc):
     return sum(p.numel() for p in DetectionModel(ROOT / "models" / cfg, nc=nc).parameters())
 
 
-def _common(tmp_path):
-    return ["--img", "64", "--batch-size", "16", "--baseline", "--workers", "0", "--device", "cpu",
+def _common(tmp_path, data):
+    return ["--data", str(data), "--img", "64", "--batch-size", "16", "--baseline", "--workers", "0", "--device", "cpu",
             "--project", str(tmp_path), "--report-images", "2"]
 
 
-def test_quickstart_table_and_report(tmp_path):
-    opt = quickstart.parse_opt(["--teacher-epochs", "1", "--student-epochs", "2", *_common(tmp_path)])
+def test_quickstart_table_and_report(tiny_data, tmp_path):
+    opt = quickstart.parse_opt(["--teacher-epochs", "1", "--student-epochs", "2", *_common(tmp_path, tiny_data)])
     rows = quickstart.main(opt)
     assert [r["run"] for r in rows] == ["teacher", "student_kd", "student_baseline"]
     by_run = {r["run"]: r for r in rows}
-    nc = 6  # data/synthetic.yaml
+    nc = 2  # the tiny dataset
     assert by_run["teacher"]["params"] == _param_count("yolov5s.yaml", nc)
     assert by_run["student_kd"]["params"] == by_run["student_baseline"]["params"] == _param_count("yolov5n.yaml", nc)
     assert by_run["student_kd"]["GFLOPs"] < by_run["teacher"]["GFLOPs"]
@@ -36,20 +44,20 @@ def test_quickstart_table_and_report(tmp_path):
     assert "Basis: both students 2 epochs, teacher 1 epochs" in table
     assert json.loads((out / "results.json").read_text()) == rows
     md = (out / "report.md").read_text()
-    assert "KD student vs baseline" in md and "| scratches |" in md and "![report](report.png)" in md
+    assert "KD student vs baseline" in md and "| blob |" in md and "![report](report.png)" in md
     assert (out / "report.png").stat().st_size > 10_000
 
     # the same report from the run folders, by the report tool
     again = report.main(report.parse_opt(["--teacher", str(out / "teacher"), "--student", str(out / "student_kd"),
-                                          "--baseline", str(out / "student_baseline"), "--img", "64", "--device",
+                                          "--baseline", str(out / "student_baseline"), "--img", "64", "--data", str(tiny_data), "--device",
                                           "cpu", "--workers", "0", "--images", "0", "--out", str(tmp_path / "r")]))
     md2 = again.read_text()
     for r in rows:
         assert f"| {r['run']} | {r['params']:,} | {r['GFLOPs']} | {r['mAP50']} | {r['mAP50-95']} |" in md2
 
 
-def test_quickstart_budget_plans_epochs_and_baseline_matches_kd(tmp_path, caplog_yolo):
-    opt = quickstart.parse_opt(["--minutes", "1.2", "--report-images", "0", *_common(tmp_path)])
+def test_quickstart_budget_plans_epochs_and_baseline_matches_kd(tiny_data, tmp_path, caplog_yolo):
+    opt = quickstart.parse_opt([*_common(tmp_path, tiny_data), "--minutes", "0.8", "--report-images", "0"])
     rows = quickstart.main(opt)
     by_run = {r["run"]: r for r in rows}
     assert by_run["student_baseline"]["epochs"] == by_run["student_kd"]["epochs"] >= 1

@@ -7,7 +7,7 @@ import pytest
 from tests.test_engine import load_ckpt, make_tiny_data, run_train, train_args
 from utils.cli import OptionError
 from utils.engine import Plugin
-from utils.stage_plan import Costs, calibrate, plan_epochs
+from utils.stage_plan import Costs, calibrate, epochs_for, split_budget
 from utils.stopping import TimeBudget
 
 
@@ -104,13 +104,14 @@ def test_hyp_nbs_sets_the_accumulation(tiny_data, tmp_path):
         run_train(train_args(tiny_data, tmp_path, "--hyp", str(hyp_file), epochs=1))
 
 
-def test_plan_gives_both_students_the_same_epochs_and_fills_the_budget():
+def test_budget_split_bounds_the_students_pair_and_epoch_guesses():
+    split = split_budget(600, teacher_share=0.4)
+    assert split == {"teacher": 240, "kd": 180}  # the baseline's epochs cost at most the KD student's 180 s
+    assert split_budget(600, 0.4, train_teacher=False, baseline=False) == {"teacher": 0.0, "kd": 600}
     costs = Costs(teacher_train=0.03, student_train=0.01, teacher_forward=0.01, student_forward=0.004)
-    epochs, seconds = plan_epochs(costs, 600, n_train=100, n_val=50, teacher_share=0.5)
-    # teacher epoch 3.5 s -> 300 s / 3.5 = 85; KD 2.2 s + baseline 1.2 s = 3.4 s -> 300 s / 3.4 = 88
-    assert epochs == {"kd": 88, "teacher": 85, "baseline": 88}
-    assert sum(seconds.values()) <= 600 and sum(seconds.values()) > 0.97 * 600
-    no_teacher, _ = plan_epochs(costs, 600, 100, 50, teacher=False, baseline=False)
-    assert no_teacher == {"kd": 600 // 2.2}
+    assert costs.epoch_seconds("kd", 100, 50) == pytest.approx(2.2)
+    assert costs.epoch_seconds("baseline", 100, 50) < costs.epoch_seconds("kd", 100, 50)
+    assert epochs_for(costs, "teacher", 240, 100, 50) == 68  # 3.5 s an epoch
+    assert epochs_for(costs, "teacher", 1, 100, 50) == 1
     slower, k = calibrate(costs, 2.0, 3.0)
     assert k == pytest.approx(1.5) and slower.student_train == pytest.approx(0.015)

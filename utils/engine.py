@@ -485,7 +485,7 @@ class Trainer:
             dist.broadcast_object_list(total, 0)
         self.budget.end_work_started()
         if total[0] != self.epochs:
-            if self.is_main_process:
+            if self.is_main_process and self.budget.worth_logging(total[0]):
                 LOGGER.info(self.budget.describe(epoch, total[0]))
             self.epochs = self.opt.epochs = total[0]
             self.lf = lr_lambda(self.epochs, self.hyp["lrf"], self.opt.cos_lr)

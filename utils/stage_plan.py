@@ -1,9 +1,10 @@
 """Fit a multi-stage job (teacher, KD student, baseline student) into a wall-clock budget.
 
-`probe_costs` times a few training steps of each model on this machine (random images, the run's precision,
-image size and batch size) in its first seconds; `plan_epochs` turns those costs into epochs per stage.
-The stages still run with `--time` caps, and `calibrate` rescales the later stages by how far the probe
-was off on the first one, so a wrong guess costs a few epochs, not the budget.
+`split_budget` gives each stage its seconds; each stage runs under that `--time` cap, so the budget holds
+whatever the machine. `probe_costs` times a few training steps of each model here (random images, the run's
+precision, image size and batch size) in the job's first seconds, and `epochs_for` turns a stage's seconds
+into the first guess of its epochs (the span of its LR schedule until the engine has timed real epochs);
+`calibrate` rescales the guesses of later stages by how far the probe was off on an earlier one.
 """
 
 import time
@@ -84,22 +85,18 @@ def probe_costs(teacher, student_cfg, nc, imgsz, batch_size, precision, steps=2)
     return Costs(t_train, s_train, t_fwd, s_fwd)
 
 
-def plan_epochs(costs, seconds, n_train, n_val, teacher_share=0.5, baseline=True, teacher=True,
-                min_epochs=1):
-    """Epochs {stage: n} that fill `seconds`: the teacher gets `teacher_share` of it, the KD student and
-    the baseline (same epochs as the KD student) the rest. -> ({stage: epochs}, {stage: seconds})."""
-    share = teacher_share if teacher else 0.0
-    e_t = costs.epoch_seconds("teacher", n_train, n_val)
-    e_kd = costs.epoch_seconds("kd", n_train, n_val)
-    e_b = costs.epoch_seconds("baseline", n_train, n_val) if baseline else 0.0
-    students = max(int(seconds * (1 - share) // (e_kd + e_b)), min_epochs)
-    epochs = {"kd": students}
-    if teacher:
-        epochs["teacher"] = max(int(seconds * share // e_t), min_epochs)
-    if baseline:
-        epochs["baseline"] = students
-    per_stage = {"teacher": e_t, "kd": e_kd, "baseline": e_b}
-    return epochs, {k: n * per_stage[k] for k, n in epochs.items()}
+def split_budget(seconds, teacher_share=0.4, train_teacher=True, baseline=True):
+    """Seconds for the teacher and for the KD student. The baseline then runs the KD student's epochs:
+    each of its epochs does strictly less work (no teacher forward), so giving the KD student half of the
+    students' time bounds the pair by it whatever the machine."""
+    teacher = seconds * teacher_share if train_teacher else 0.0
+    return {"teacher": teacher, "kd": (seconds - teacher) / (2 if baseline else 1)}
+
+
+def epochs_for(costs, stage, seconds, n_train, n_val):
+    """How many epochs of a stage the probe expects in `seconds` (at least 1): the first guess of the LR
+    schedule, which the stage's --time cap then corrects."""
+    return max(int(seconds // costs.epoch_seconds(stage, n_train, n_val)), 1)
 
 
 def calibrate(costs, planned_seconds_per_epoch, measured_seconds_per_epoch):

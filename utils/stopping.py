@@ -40,6 +40,7 @@ class TimeBudget:
         self.t0 = None
         self.end_costs = []  # seconds of each finished epoch's end-of-epoch work
         self._end_t0 = None
+        self._logged = None  # the last total logged
 
     def start(self):
         self.t0 = self.clock()
@@ -63,6 +64,13 @@ class TimeBudget:
         if self._end_t0 is not None:
             self.end_costs.append(self.clock() - self._end_t0)
             self._end_t0 = None
+
+    def worth_logging(self, epochs):
+        """The first plan, and later ones that differ by 10% or more from the last logged (-> True once)."""
+        if self._logged is not None and abs(epochs - self._logged) < 0.1 * self._logged:
+            return False
+        self._logged = epochs
+        return True
 
     def describe(self, epoch, epochs):
         """One log line: the budget, the time so far and the total epochs it gives."""
