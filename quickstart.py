@@ -25,7 +25,7 @@ import train  # noqa: E402
 import train_kd  # noqa: E402
 from utils.general import LOGGER, increment_path  # noqa: E402
 from utils.precision import CHOICES as PRECISIONS  # noqa: E402
-from utils.report import Run, measure, write_report  # noqa: E402
+from utils.report import Run, markdown_table, measure, write_report  # noqa: E402
 
 COLUMNS = ("run", "model", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", "epochs", "train s")
 HYP = ROOT / "data/hyps/hyp.quickstart.yaml"
@@ -111,11 +111,7 @@ def _train(module, args):
 
 def format_table(rows):
     """Markdown table of the result rows."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join("" if r.get(c) is None else f"{r[c]:,}" if c == "params" else str(r[c])
-                                       for c in COLUMNS) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, COLUMNS)
 
 
 def _resolve_precision(opt):

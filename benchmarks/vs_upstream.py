@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--val-batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--val-each-epoch", action="store_true",
+                   help="validate every epoch on both sides instead of --noval (pip yolov5 7.0.14 crashes "
+                        "after its first epoch with --noval: map50s unbound in its train.py)")
     p.add_argument("--images", type=int, default=480, help="first N NEU-DET train images (sorted)")
     p.add_argument("--val-images", type=int, default=360, help="first N NEU-DET val images (sorted; 360 = all)")
     p.add_argument("--cfg", default="yolov5n.yaml")
@@ -226,8 +229,8 @@ def ours_precision(text, save_dir):
 def train_flags(a, data, project, name):
     """The shared training command line (upstream's flags)."""
     return ["--data", data, "--cfg", a.cfg, "--weights", "", "--img", a.img, "--batch-size", a.batch_size,
-            "--workers", a.workers, "--epochs", a.epochs, "--noval", "--noplots", "--project", project,
-            "--name", name, "--exist-ok"]
+            "--workers", a.workers, "--epochs", a.epochs, *([] if a.val_each_epoch else ["--noval"]), "--noplots",
+            "--project", project, "--name", name, "--exist-ok"]
 
 
 def val_flags(a, data, project, name, weights):

@@ -53,6 +53,9 @@ class InferenceBackend:
             self.fp16 = bool(fp16) and self.device.type == "cuda"  # fp16 only where it is fast
             model = load_model(self.weights, device=self.device, fuse=fuse, cfg=cfg or None)
             self.model = model.half() if self.fp16 else model
+            self.channels_last = self.device.type == "cpu"  # ~1.4x faster convolutions on CPUs (oneDNN)
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
             self.stride = int(torch.as_tensor(model.stride).max())
             self.names = dict(model.names)
         elif self.onnx:
@@ -85,6 +88,8 @@ class InferenceBackend:
         """Decoded predictions (bs, N, nc + 5) as float32 on ``self.device``."""
         if self.pt:
             im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
+            if self.channels_last:
+                im = im.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 y = self.model(im)
             y = y[0] if isinstance(y, (list, tuple)) else y
@@ -125,7 +130,9 @@ class Ensemble:
         for m in self.members:
             if augment and m.pt:
                 with torch.no_grad():
-                    y = m.model(im.to(m.device, torch.float16 if m.fp16 else torch.float32), augment=True)
+                    x = im.to(m.device, torch.float16 if m.fp16 else torch.float32)
+                    y = m.model(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x,
+                                augment=True)
                 outs.append((y[0] if isinstance(y, (list, tuple)) else y).float())
             else:
                 outs.append(m(im))

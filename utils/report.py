@@ -178,15 +178,19 @@ def render_png(path, runs, names, grid):
     plt.close(fig)
 
 
-def metrics_table(runs, extra_columns=()):
-    """Markdown table: model metrics (and extra per-run columns from run.metrics)."""
-    cols = ("run", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", *extra_columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in runs:
-        vals = [r.role] + [r.metrics.get(c) for c in cols[1:]]
-        lines.append("| " + " | ".join("" if v is None else f"{v:,}" if c == "params" else str(v)
-                                       for c, v in zip(cols, vals)) + " |")
+def markdown_table(rows, columns):
+    """Markdown table of dict rows (missing values blank, parameter counts with thousands separators)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else f"{r[c]:,}" if c == "params" else str(r[c])
+                                       for c in columns) + " |")
     return "\n".join(lines)
+
+
+def metrics_table(runs, extra_columns=()):
+    """Markdown table of the runs' metrics (and extra per-run columns from run.metrics)."""
+    cols = ("run", "params", "GFLOPs", "mAP50", "mAP50-95", "ms/img", *extra_columns)
+    return markdown_table([{"run": r.role, **r.metrics} for r in runs], cols)
 
 
 def write_report(out, runs, data_dict, imgsz, basis="", extra_columns=(), images=3):
