@@ -3,8 +3,8 @@ three on the same val set, and write a table and the KD report -- in about --min
 
 Runs out of the box on a fresh machine (CPU, no dataset, no network): the default dataset is the synthetic
 defect set that data/synthetic.yaml generates locally. In its first seconds it times a few training steps of
-both models here, then gives each stage its epochs so that the whole job fits the budget; each stage also
-runs under a --time cap. The baseline student gets exactly the KD student's epochs.
+both models here; each stage then trains under its share of the budget as a --time cap (the probe only
+guesses its epochs). The baseline student gets exactly the KD student's epochs.
 
     python quickstart.py --baseline                    # ~10 minutes: teacher yolov5s -> KD student yolov5n
     python quickstart.py --baseline --minutes 30       # a longer budget: more epochs for every stage
@@ -196,7 +196,8 @@ class MainJob:
 
         opt = self.opt
         share = opt.teacher_share if role == "teacher" else 0.0
-        return split_budget(self.seconds_left(), share, role == "teacher", opt.baseline)[STAGE_KEYS[role]]
+        seconds = split_budget(self.seconds_left(), share, role == "teacher", opt.baseline)[STAGE_KEYS[role]]
+        return max(seconds, 1.0)  # budget spent already (a very slow machine): one epoch, not a refusal
 
     def train_stage(self, role, module, cfg, epochs=None, extra=(), bound=None):
         """One training stage with its stage line: fixed epochs, or (epochs None) the stage's seconds of the

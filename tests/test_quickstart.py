@@ -66,3 +66,16 @@ def test_quickstart_budget_plans_epochs_and_baseline_matches_kd(tiny_data, tmp_p
     assert "quickstart: probe (img 64, batch 16" in log and "ETA" in log
     assert "quickstart: stage 5/5 validation of every model and the KD report" in log
     assert "quickstart: done in" in log
+
+
+def test_quickstart_with_a_given_teacher_probes_it_and_skips_its_training(tiny_data, tmp_path, caplog_yolo):
+    first = quickstart.main(quickstart.parse_opt([*_common(tmp_path / "t", tiny_data), "--teacher-epochs", "1",
+                                                  "--student-epochs", "1", "--report-images", "0"]))
+    teacher = tmp_path / "t" / "exp" / "teacher" / "weights" / "best.pt"
+    rows = quickstart.main(quickstart.parse_opt([*_common(tmp_path, tiny_data), "--teacher-weight", str(teacher),
+                                                 "--minutes", "0.7", "--report-images", "0"]))
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["teacher"]["epochs"] is None and by_run["teacher"]["mAP50"] == first[0]["mAP50"]
+    assert by_run["student_baseline"]["epochs"] == by_run["student_kd"]["epochs"] >= 1
+    assert "quickstart: stage 1/4 dataset and machine probe" in caplog_yolo.text
+
