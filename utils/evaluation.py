@@ -202,8 +202,11 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
     model.half() if half else model.float()
     model.eval()
     data = _dataset(data)
+    channels_last = device.type == "cpu"  # channels_last input: faster convolutions on CPUs (oneDNN)
 
     def forward(im):
+        if channels_last:
+            im = im.contiguous(memory_format=torch.channels_last)
         out = model(im, augment=True) if augment else model(im)
         return (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
 
