@@ -254,22 +254,14 @@ def main(opt):
 
 def _basis(opt, precision, info):
     """The line that says what the table compares."""
-    import platform
-
-    from utils.precision import cpu_flags, cpu_name
+    from utils.precision import cpu_description
 
     kd, base = info.get("student_kd", {}), info.get("student_baseline", {})
     same = f"both students {kd.get('epochs')} epochs" if base else f"KD student {kd.get('epochs')} epochs"
     return (f"Basis: {same}, teacher {info['teacher']['epochs'] or 'given'} epochs; img {opt.img}, batch "
             f"{opt.batch_size}, hyp {Path(opt.hyp).name}, {opt.optimizer}, seed {opt.seed}, precision "
             f"{precision.name}; metrics of each best.pt on the same val set ({Path(opt.data).name}); "
-            f"{cpu_name() or platform.processor() or 'CPU'} ({_bf16_flags(cpu_flags())}).")
-
-
-def _bf16_flags(flags):
-    """The CPU flags that decide bf16 on a CPU, as a short phrase."""
-    have = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags]
-    return "flags " + ", ".join(have) if have else "no AVX2/AVX-512"
+            f"{cpu_description()}.")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -82,16 +81,13 @@ def work_dir(a):
 
 
 def machine():
-    """CPU model (lscpu), cores, torch, GPU if any."""
+    """CPU model and speed flags, cores, torch, GPU if any."""
     import torch
-    cpu = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
-    except OSError:
-        pass
+
+    from utils.precision import cpu_description
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu}
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu}
 
 
 def load_table(path, a):

@@ -35,7 +35,6 @@ NEU = ROOT.parent / "shared" / "datasets" / "NEU-DET"
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "upstream_yolov5s_neu224.pt"
 OUT = ROOT / "runs" / "benchmarks"
 SIDES = ("upstream", "ours")
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")
 # One tqdm state: 'N/N [elapsed<remaining, rate]'; the training bar's text starts with 'epoch/last'.
 BAR_END = re.compile(r"^\s*(\d+)/\d+\s.*\|\s*(\d+)/(\d+) \[((?:\d+:)?\d+:\d+)<")
 ALL_ROW = re.compile(r"^\s*all\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
@@ -117,16 +116,12 @@ def build_subset(root, n_train, n_val):
 
 # ----------------------------------------------------------------------------- machine
 def cpu_info():
-    """lscpu model name, the CPU flags that matter for precision, core count."""
-    try:
-        text = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):
-        model = ""
-    from utils.precision import cpu_flags
+    """CPU model name, the CPU flags that matter for precision, core count."""
+    from utils.precision import SPEED_CPU_FLAGS, cpu_flags, cpu_name
 
     flags = cpu_flags()
-    return {"model_name": model, "flags": {f: f in flags for f in CPU_FLAGS}, "cpu_count": os.cpu_count()}
+    return {"model_name": cpu_name(), "flags": {f: f in flags for f in SPEED_CPU_FLAGS},
+            "cpu_count": os.cpu_count()}
 
 
 def versions(upstream_python):

@@ -18,6 +18,7 @@ from utils.cli import OptionError
 
 CHOICES = ("auto", "fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+SPEED_CPU_FLAGS = (*BF16_CPU_FLAGS, "avx512f", "avx2")  # named beside speed figures
 PIN_ENV = "YOLOV5KD_PRECISION"
 MIN_PROBE_SPEEDUP = 1.15  # bf16 must beat fp32 by this much in the probe to be chosen
 
@@ -65,6 +66,14 @@ def cpu_name(cpuinfo=Path("/proc/cpuinfo")):
         if line.lower().startswith("model name"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def cpu_description():
+    """'<model name> (flags avx512_bf16, avx2, ...)': the CPU and the flags that decide its speed, as every
+    reported speed figure names them."""
+    flags = cpu_flags()
+    have = [f for f in SPEED_CPU_FLAGS if f in flags]
+    return f"{cpu_name() or 'unknown CPU'} ({'flags ' + ', '.join(have) if have else 'no AVX2/AVX-512'})"
 
 
 def probe_bf16_speedup(size=128, repeats=4, rounds=5):
