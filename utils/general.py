@@ -144,3 +144,11 @@ def labels_to_class_weights(labels, nc):
 def labels_to_image_weights(labels, nc, class_weights):
     """Per-image sampling weight = sum of its labels' class weights."""
     return np.array([(class_weights[lb[:, 0].astype(int)]).sum() if len(lb) else 0.0 for lb in labels]) + 1e-9
+
+
+def warn_each(messages, prefix="", limit=100, what="file(s) with problems"):
+    """Log each problem message as a warning, the first `limit` by name and the rest as one count."""
+    for m in messages[:limit]:
+        LOGGER.warning(f"{prefix}WARNING: {m}")
+    if len(messages) > limit:
+        LOGGER.warning(f"{prefix}WARNING: ... {len(messages) - limit} more {what}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.boxes import segments2boxes, xywh2xyxy, xyxy2xywh
-from utils.general import LOGGER, NUM_THREADS, ROOT
+from utils.general import LOGGER, NUM_THREADS, ROOT, warn_each
 from utils.image_io import IMG_FORMATS, decode_image, sniff_format
 
 CACHE_VERSION = "yolov5-kd-labels/2"
@@ -317,10 +317,7 @@ def load_labels(im_files, prefix="", max_messages=100, nc=None):
                 drop_classes(r, nc)
     from_cache = "" if n_checked == len(records) else " (cache)" if not n_checked else f" (cache, {n_checked} re-checked)"
     msgs = [r["msg"] for r in records if r["msg"]]
-    for m in msgs[:max_messages]:
-        LOGGER.warning(f"{prefix}WARNING: {m}")
-    if len(msgs) > max_messages:
-        LOGGER.warning(f"{prefix}WARNING: ... {len(msgs) - max_messages} more file(s) with problems")
+    warn_each(msgs, prefix, max_messages)
     c = summarize(records)
     where = Path(label_files[0]).parent if label_files else ""
     LOGGER.info(f"{prefix}Scanning {where}{from_cache}: {c['found']} found, "

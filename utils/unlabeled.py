@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from utils.cli import OptionError, UserError
 from utils.dataloaders import PIN_MEMORY, LoadImagesAndLabels, seed_worker
-from utils.general import LOGGER, NUM_THREADS, colorstr
+from utils.general import LOGGER, NUM_THREADS, colorstr, warn_each
 from utils.image_io import IMG_FORMATS
 from utils.label_files import check_image, list_image_files
 
@@ -67,10 +67,7 @@ class UnlabeledImages(LoadImagesAndLabels):
         with ThreadPoolExecutor(NUM_THREADS) as pool:
             checks = list(pool.map(check_image, files))
         msgs = [msg for _, msg in checks if msg]
-        for m in msgs[:MAX_MESSAGES]:
-            LOGGER.warning(f"{prefix}WARNING: {m}")
-        if len(msgs) > MAX_MESSAGES:
-            LOGGER.warning(f"{prefix}WARNING: ... {len(msgs) - MAX_MESSAGES} more image(s) with problems")
+        warn_each(msgs, prefix, MAX_MESSAGES, "image(s) with problems")
         records = [{"im_file": f, "labels": np.zeros((0, 5), np.float32), "shape": shape, "segments": []}
                    for f, (shape, _) in zip(files, checks) if shape is not None]
         counts = {"images": len(records), "corrupt": len(files) - len(records)}

@@ -27,7 +27,7 @@ from split_dataset import place  # noqa: E402
 
 from utils.cli import UserError  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
-from utils.general import LOGGER, yaml_save  # noqa: E402
+from utils.general import LOGGER, warn_each, yaml_save  # noqa: E402
 from utils.label_files import list_image_files  # noqa: E402
 
 MAX_MESSAGES = 20
@@ -99,10 +99,7 @@ def pseudo_label(detections, images, data, out, conf=0.25, keep_empty=False, cop
         place(Path(im), im_dir / Path(im).name, copy)
         (lb_dir / f"{stem}.txt").write_text("".join(f"{r}\n" for r in rows))
         n_images, n_boxes = n_images + 1, n_boxes + len(rows)
-    for m in problems[:MAX_MESSAGES]:
-        LOGGER.warning(f"WARNING: {m}")
-    if len(problems) > MAX_MESSAGES:
-        LOGGER.warning(f"WARNING: ... {len(problems) - MAX_MESSAGES} more detection file(s) with problems")
+    warn_each(problems, limit=MAX_MESSAGES, what="detection file(s) with problems")
     train = d["train"] if isinstance(d["train"], list) else [d["train"]]
     yaml_file = out / f"{name}.yaml"
     yaml_save(yaml_file, {"path": str(out.resolve()), "train": [*train, str(im_dir.resolve())], "val": d["val"],
