@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 from utils.cli import UserError  # noqa: E402
 from utils.general import LOGGER, yaml_load, yaml_save  # noqa: E402
 from utils.image_io import IMG_FORMATS  # noqa: E402
-from utils.label_files import img2label_paths  # noqa: E402
+from utils.label_files import img2label_paths, list_image_files  # noqa: E402
 
 
 def stratum_of(label_file):
@@ -128,7 +128,7 @@ def _labeled_split(opt):
     if not opt.data:
         raise UserError("--labeled needs --data (the dataset YAML whose val split and names the new YAML uses)")
     d = check_dataset(opt.data, autodownload=False)
-    files = [p for p in sorted(opt.images.rglob("*")) if p.suffix[1:].lower() in IMG_FORMATS]
+    files = list_image_files(opt.images)
     yaml_file, n_lab, n_unl = split_labeled(files, opt.out, opt.labeled, d["val"], d["names"], opt.seed, opt.name)
     LOGGER.info(f"{n_lab} labeled / {n_unl} unlabeled images in {opt.out}; dataset YAML {yaml_file}")
 
