@@ -33,6 +33,7 @@ ROLES = ("teacher", "student_kd", "student_baseline")
 LABELS = {"teacher": "teacher", "student_kd": "KD student", "student_baseline": "baseline student"}
 STYLE = {"teacher": ("tab:gray", "--"), "student_kd": ("tab:red", "-"), "student_baseline": ("tab:blue", "-")}
 MAP50 = "metrics/mAP_0.5"
+FLAGS = {"teacher": "--teacher", "student_kd": "--student", "student_baseline": "--baseline"}  # the CLI's
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Run:
     weights: Path
     results_csv: Path = None
     metrics: dict = field(default_factory=dict)  # filled by measure()
+    model: object = None  # the loaded model (measure() keeps it for the detection images)
 
 
 def find_run(path, role):
@@ -56,7 +58,7 @@ def find_run(path, role):
     else:
         weights, csv = path, path.parent.parent / "results.csv"
     if not weights.is_file():
-        raise UserError(f"--{role.replace('student_', '')} {path}: no weights (weights/best.pt or a .pt file)")
+        raise UserError(f"{FLAGS[role]} {path}: no weights (weights/best.pt or a .pt file)")
     return Run(role, weights, csv if csv.is_file() else None)
 
 
@@ -77,7 +79,7 @@ def measure(run, data, imgsz, batch_size=32, device="", workers=2, project=ROOT 
 
     r = evaluate_weights(data, weights=str(run.weights), batch_size=batch_size, imgsz=imgsz, device=device,
                          workers=workers, project=Path(project) / "val", name=run.role, exist_ok=True, plots=False)
-    model = load_model(run.weights)
+    model = run.model = load_model(run.weights)
     gflops = model_flops(model, imgsz)
     run.metrics = {"mAP50": round(float(r.results[2]), 4), "mAP50-95": round(float(r.results[3]), 4),
                    "ap50": [round(float(a), 4) for a in r.ap50], "ms/img": round(float(r.speed[1]), 2),
@@ -131,7 +133,7 @@ def detection_grid(runs, data_dict, imgsz, k=3, size=256):
     records, _ = load_labels(list_image_files(data_dict["val"]), nc=int(data_dict["nc"]))
     files, rows = [r["im_file"] for r in records], [r["labels"] for r in records]
     names = data_dict["names"]
-    models = [(LABELS[r.role], load_model(r.weights)) for r in runs]
+    models = [(LABELS[r.role], r.model if r.model is not None else load_model(r.weights)) for r in runs]
     grid = []
     for i in pick_images(files, rows, k):
         im = cv2.imread(str(files[i]))
