@@ -463,6 +463,7 @@ class Trainer:
         early stopping agreed by all ranks -> (results, stop)."""
         if self.budget is not None:
             self._follow_budget(epoch)
+            self.budget.end_work_started()
         lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
         stop = False
@@ -483,7 +484,6 @@ class Trainer:
         total = [self.budget.plan(epoch)]
         if self.world_size > 1:
             dist.broadcast_object_list(total, 0)
-        self.budget.end_work_started()
         if total[0] != self.epochs:
             if self.is_main_process and self.budget.worth_logging(total[0]):
                 LOGGER.info(self.budget.describe(epoch, total[0]))
