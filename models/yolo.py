@@ -77,8 +77,9 @@ class Detect(YamlSpec, nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                grid, anchor_grid = self._grids(i, nx, ny, x[i])
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                p = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]  # bf16 autocast: decode in float32
+                grid, anchor_grid = self._grids(i, nx, ny, p)
+                xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
                 wh = (wh * 2) ** 2 * anchor_grid
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * ny * nx, self.no))
@@ -234,9 +235,11 @@ class DetectionModel(nn.Module):
             b.data[:, 5:5 + m.nc] += math.log(0.6 / (m.nc - 0.99999))
             mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
 
-    def fuse(self):
-        """Fold every BatchNorm that follows a conv into it (Conv-like blocks, Sequentials, `fuse_bn()` blocks)."""
-        LOGGER.info("Fusing layers...")
+    def fuse(self, verbose=True):
+        """Fold every BatchNorm that follows a conv into it (Conv-like blocks, Sequentials, `fuse_bn()` blocks);
+        verbose: log it and the fused model's summary."""
+        if verbose:
+            LOGGER.info("Fusing layers...")
         for m in self.model.modules():
             if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d) \
                     and hasattr(m, "forward_fuse"):
@@ -249,7 +252,8 @@ class DetectionModel(nn.Module):
                 m.fuse_bn()
         for layer in self.model:  # keep the per-layer parameter counts true after fusing
             layer.np = sum(p.numel() for p in layer.parameters())
-        self.info()
+        if verbose:
+            self.info()
         return self
 
     def info(self, verbose=False, img_size=640):

@@ -10,6 +10,7 @@ import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 
 
+WORKER_NICE = 19  # background_workers: the lowest priority
 NPY_DIR = ".yolov5kd-npy"  # the disk image cache: a hidden folder of ours beside the images
 
 cv2.setNumThreads(0)  # OpenCV's own thread pool would compete with torch and the loader workers for the cores
@@ -324,8 +326,14 @@ class LoadImagesAndLabels(Dataset):
         return torch.stack(im4, 0), torch.cat(label4, 0), path4, shapes4
 
 
-def seed_worker(worker_id):
-    """Seed numpy and random in each worker from torch's per-worker seed (reproducible with a generator)."""
+def seed_worker(worker_id, nice=0):
+    """Seed numpy and random in each worker from torch's per-worker seed (reproducible with a generator);
+    nice > 0 lowers the worker's CPU priority by that much (where the OS allows it)."""
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError:  # not permitted here: the worker keeps its priority
+            pass
     worker_seed = torch.initial_seed() % 2 ** 32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -333,9 +341,13 @@ def seed_worker(worker_id):
 
 def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=False, pad=0.0,
                       rect=False, rank=-1, workers=8, image_weights=False, quad=False, prefix="", shuffle=False,
-                      seed=0, nc=None):
+                      seed=0, nc=None, background_workers=False):
     """-> (DataLoader, LoadImagesAndLabels). Workers persist across epochs (except with image_weights,
-    whose per-epoch dataset.indices must reach the workers). Call loader.sampler.set_epoch(e) under DDP."""
+    whose per-epoch dataset.indices must reach the workers). Call loader.sampler.set_epoch(e) under DDP.
+
+    background_workers: run the workers at the lowest CPU priority, for a model computing on the CPU: they
+    then fill the cycles torch's threads leave idle instead of preempting them (a preempted thread stalls
+    every other at the next barrier: yolov5n's forward ran 2x slower beside two loader workers on 2 cores)."""
     if rect and shuffle:
         LOGGER.warning(f"{prefix}WARNING: --rect is incompatible with DataLoader shuffle, setting shuffle=False")
         shuffle = False
@@ -351,6 +363,7 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
                         sampler=sampler, pin_memory=PIN_MEMORY and torch.cuda.is_available(),
                         collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn,
-                        worker_init_fn=seed_worker, generator=generator,
+                        worker_init_fn=partial(seed_worker, nice=WORKER_NICE if background_workers else 0),
+                        generator=generator,
                         persistent_workers=nw > 0 and not image_weights)
     return loader, dataset

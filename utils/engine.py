@@ -27,6 +27,7 @@ from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warm
 from utils.options import check_hyp, check_train_options
 from utils.results_log import append_row, drop_rows_from
 from utils.stopping import EarlyStopping, TimeBudget
+from utils.torch_utils import fused_copy
 from utils.plugins import Plugin, Plugins  # noqa: F401 - Plugin is part of the engine interface
 from utils.resume import resume_run
 
@@ -189,7 +190,7 @@ class Trainer:
             d["train"], self.imgsz, bs, self.gs, opt.single_cls, hyp=hyp, augment=True,
             cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=self.local_rank,
             workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "),
-            shuffle=True, seed=opt.seed, nc=nc)
+            shuffle=True, seed=opt.seed, nc=nc, background_workers=self.device.type == "cpu")
         labels = [lb for lb in self.dataset.labels]
         _require_labels(self.dataset, d["train"])
         self.val_loader = None
@@ -198,7 +199,7 @@ class Trainer:
             self.val_loader = create_dataloader(
                 d["val"], self.imgsz, bs * 2, self.gs, opt.single_cls, hyp=hyp,
                 cache=val_cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
-                prefix=colorstr("val: "), nc=nc)[0]
+                prefix=colorstr("val: "), nc=nc, background_workers=self.device.type == "cpu")[0]
             if self.resume_ckpt is None:
                 if not opt.noautoanchor:
                     check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=self.imgsz)
@@ -528,12 +529,17 @@ class Trainer:
             self.optimizer.zero_grad()
             self.guard.start_window()
 
-    def _validate(self, model, plots=False, verbose=False):
+    def _validate(self, model, plots=False, verbose=False, final=False):
+        """Validate a fused copy of model (the same outputs, no BatchNorm pass): each epoch in the training
+        precision (bf16 autocast when training in bf16, as upstream validates in float16 while training with
+        AMP), the final best.pt in float32 (float16 with CUDA AMP, as upstream), the numbers users read."""
         from utils.evaluation import validate
 
-        results, maps, *_ = validate(model, self.val_loader, self.data_dict, half=self.amp,
+        bf16 = self.precision.name == "bf16" and not final
+        results, maps, *_ = validate(fused_copy(model), self.val_loader, self.data_dict, half=self.amp,
                                      single_cls=self.opt.single_cls, save_dir=self.save_dir, plots=plots,
-                                     verbose=verbose, compute_loss=self.compute_loss)
+                                     verbose=verbose, compute_loss=self.compute_loss,
+                                     autocast_dtype=torch.bfloat16 if bf16 else None)
         return tuple(float(x) for x in results), np.asarray(maps)
 
     def _log_epoch(self, epoch, mloss, results, lr, names):
@@ -579,7 +585,7 @@ class Trainer:
             LOGGER.info(f"\nValidating {self.best}...")
             model = load_model(self.best, device=self.device)
             model.names = self.names
-            results, _ = self._validate(model, plots=not self.opt.noplots, verbose=True)
+            results, _ = self._validate(model, plots=not self.opt.noplots, verbose=True, final=True)
         if not self.opt.noplots and (self.save_dir / "results.csv").exists():
             from utils.plots import plot_results
             plot_results(file=self.save_dir / "results.csv")

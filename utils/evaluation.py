@@ -194,9 +194,13 @@ def _class_names(data, model_names, single_cls):
 
 
 def validate(model, dataloader, data, *, half=False, single_cls=False, augment=False, conf_thres=0.001,
-             iou_thres=0.6, max_det=300, compute_loss=None, plots=False, verbose=False, save_dir=Path("")):
+             iou_thres=0.6, max_det=300, compute_loss=None, plots=False, verbose=False, save_dir=Path(""),
+             autocast_dtype=None):
     """Evaluate an in-memory model (eval mode; float16 only when half and on CUDA) on a prepared loader,
-    as the training engine does each epoch -> EvalResult. The model is left in eval mode, float32."""
+    as the training engine does each epoch -> EvalResult. The model is left in eval mode, float32.
+
+    autocast_dtype: torch.bfloat16 runs the forward pass under CPU autocast (what a bf16 training run trains
+    in, as upstream validates in float16 on CUDA while training); Detect decodes boxes in float32 either way."""
     device = next(model.parameters()).device
     half &= device.type == "cuda"
     model.half() if half else model.float()
@@ -204,11 +208,16 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
     data = _dataset(data)
     channels_last = device.type == "cpu"  # channels_last input: faster convolutions on CPUs (oneDNN)
 
+    use_autocast = autocast_dtype is not None and not half
+
     def forward(im):
         if channels_last:
             im = im.contiguous(memory_format=torch.channels_last)
-        out = model(im, augment=True) if augment else model(im)
-        return (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+            out = model(im, augment=True) if augment else model(im)
+        out = (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
+        return (out[0].float(), [x.float() for x in out[1]] if out[1] is not None else None) if use_autocast \
+            else out
 
     result = evaluate(forward, dataloader, _class_names(data, getattr(model, "names", None), single_cls), device,
                       half=half, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
@@ -255,7 +264,8 @@ def evaluate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
     if not data.get(split):
         raise ValueError(f"{data.get('yaml_file', 'dataset')}: no '{split}:' split to validate on")
     dataloader = create_dataloader(data[split], imgsz, batch_size, model.stride, single_cls, pad=pad, rect=rect,
-                                   workers=workers, prefix=colorstr(f"{split}: "), nc=int(data["nc"]))[0]
+                                   workers=workers, prefix=colorstr(f"{split}: "), nc=int(data["nc"]),
+                                   background_workers=device.type == "cpu")[0]
     result = evaluate(lambda im: (model(im, augment=augment), None), dataloader, names, device, half=half,
                       conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
                       save_hybrid=save_hybrid, per_class=verbose or len(names) < 50, plots=plots, save_dir=save_dir,

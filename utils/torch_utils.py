@@ -106,6 +106,15 @@ def fuse_sequential(seq):
             seq[j + 1] = nn.Identity()
 
 
+@torch.no_grad()
+def fused_copy(model):
+    """A copy of model with BatchNorm folded into its convs (same eval outputs, faster), for evaluation while
+    model trains on; a model without fuse() is returned as it is."""
+    if not hasattr(model, "fuse"):
+        return model
+    return deepcopy(model).fuse(verbose=False)
+
+
 def model_info(model, verbose=False, imgsz=640):
     """Log layers, parameters, gradients and GFLOPs at imgsz (thop MACs x 2); returns the numbers."""
     n_p = sum(p.numel() for p in model.parameters())

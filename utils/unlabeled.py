@@ -132,7 +132,8 @@ class SemiLoader:
         self.batches = UnlabeledBatches(len(dataset), sizes)
         self.per_batch = max(sizes, default=0)
         self.loader = DataLoader(dataset, batch_sampler=self.batches, num_workers=workers,
-                                 collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker,
+                                 collate_fn=LoadImagesAndLabels.collate_fn,
+                                 worker_init_fn=labeled.worker_init_fn or seed_worker,  # its priority too
                                  generator=torch.Generator(), pin_memory=PIN_MEMORY and torch.cuda.is_available())
         self.n_labeled = None
 
