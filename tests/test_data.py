@@ -158,6 +158,30 @@ def test_workers_and_cache_modes_give_same_images(tiny_synthetic):
     assert all(f.exists() for f in ds.npy_files)
 
 
+def _worker_niceness(init_fn, queue):
+    init_fn(0)
+    queue.put(os.nice(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no process priorities here")
+def test_background_workers_run_at_the_lowest_priority(tiny_synthetic):
+    """A CPU run's loader workers start (their worker_init_fn) at nice 19, so torch's threads keep the cores;
+    other loaders keep the caller's priority and their seeding."""
+    import multiprocessing
+
+    ctx, base = multiprocessing.get_context("fork"), os.nice(0)
+    got = {}
+    for background in (True, False):
+        loader = create_dataloader(tiny_synthetic / "images" / "val", 64, 2, 32, workers=1,
+                                   background_workers=background)[0]
+        queue = ctx.Queue()
+        worker = ctx.Process(target=_worker_niceness, args=(loader.worker_init_fn, queue))
+        worker.start()
+        got[background] = queue.get(timeout=60)
+        worker.join(60)
+    assert got == {True: min(base + 19, 19), False: base}
+
+
 def test_label_cache_never_written_into_read_only_folder(tmp_path, monkeypatch):
     data = make_synthetic(tmp_path / "shared" / "syn", n_train=4, n_val=1)
     monkeypatch.setattr(label_files, "SHARED_DIR", (tmp_path / "shared").resolve())  # pretend it is ../shared

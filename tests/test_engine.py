@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from utils.dataloaders import WORKER_NICE
 from utils.engine import Plugin
 from utils.stopping import EarlyStopping
 from utils.optim import ModelEMA, apply_warmup, cosine_lr, linear_lr, smart_optimizer, warmup_iters
@@ -213,6 +214,7 @@ class FakePlugin(Plugin):
         self.calls.append("setup")
         assert not hasattr(engine, "optimizer")
         self.module.to(engine.device)
+        self.worker_nice = [ld.worker_init_fn.keywords["nice"] for ld in (engine.train_loader, engine.val_loader)]
 
     def trainable_modules(self):
         return [self.module]
@@ -233,6 +235,7 @@ def test_plugin_loss_column_trainable_module_and_teardown(tiny_data, tmp_path):
     p = FakePlugin()
     save = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1), plugin=p)
     assert p.calls[0] == "setup" and p.calls[-1] == "teardown" and "step" in p.calls
+    assert p.worker_nice == [WORKER_NICE, WORKER_NICE]  # a CPU run: its loaders' workers yield to torch
     assert p.module.weight.item() != 0.0  # the optimiser updated the plug-in module
     header = [c.strip() for c in (save / "results.csv").read_text().splitlines()[0].split(",")]
     assert header[-1] == "train/fake" and header[-2] == "x/lr2"

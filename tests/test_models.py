@@ -156,6 +156,38 @@ def test_fuse_keeps_outputs(cfg):
     assert torch.allclose(before, after, atol=1e-4)
 
 
+def test_fused_copy_leaves_the_training_model_alone():
+    from utils.torch_utils import fused_copy
+
+    torch.manual_seed(0)
+    v5n = DetectionModel(small_dict("yolov5n.yaml"))
+    _settle_bn(v5n)
+    x = torch.rand(2, 3, 64, 64)
+    before = {k: v.clone() for k, v in v5n.state_dict().items()}
+    copy = fused_copy(v5n)
+    with torch.no_grad():
+        assert torch.allclose(copy(x)[0], v5n(x)[0], atol=1e-4)
+    assert not any(isinstance(k, nn.BatchNorm2d) for k in copy.modules())
+    assert any(isinstance(k, nn.BatchNorm2d) for k in v5n.modules())
+    assert all(torch.equal(v, before[k]) for k, v in v5n.state_dict().items())
+    assert all(p.requires_grad for p in v5n.parameters())
+
+
+def test_bf16_autocast_decodes_boxes_in_float32(v5n):
+    """Under bf16 autocast the convs run in bf16 but box centres/sizes are decoded in float32 (bf16 keeps
+    8 bits: a coordinate near 200 px would be rounded to 1 px)."""
+    v5n.eval()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dec, raw = v5n(x)
+    v5n.train()
+    assert raw[0].dtype == torch.bfloat16 and dec.dtype == torch.float32
+    p = raw[0][0, 2, 30, 29].float().sigmoid()  # P3 cell (row 30, col 29) of anchor 2
+    cx = (2 * p[0] - 0.5 + 29) * 8
+    idx = 2 * 32 * 32 + 30 * 32 + 29
+    assert dec[0, idx, 0].item() == pytest.approx(cx.item(), abs=1e-3)
+
+
 def test_gflops_yolov5s():
     _, n_p, _, gflops = DetectionModel("yolov5s.yaml").info(img_size=640)
     assert n_p == 7235389
