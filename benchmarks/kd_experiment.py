@@ -12,6 +12,8 @@ Every run uses the same student cfg, data, hyp, img, epochs, batch and seed; eac
 import argparse
 import csv
 import json
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -57,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--overhead", action="store_true", help="time KD training steps instead of the table")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (--overhead)")
+    p.add_argument("--rounds", type=int, default=5, help="--overhead: interleaved rounds the steps are split into")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="--overhead: the training precision, chosen as train.py does (auto: by capability)")
     return p.parse_args(argv)
 
 
@@ -186,10 +191,12 @@ def overhead(a):
     from utils.distill.distiller import Distiller
     from utils.general import yaml_load
     from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.precision import choose_precision, cpu_description
     from utils.torch_utils import select_device
 
     device = select_device(a.device)
-    amp = device.type == "cuda"
+    precision = choose_precision(a.precision, device.type)  # as the engine chooses (fp16 AMP on CUDA for auto)
+    amp, dtype = precision.grad_scaler, precision.autocast_dtype or torch.float32
     teacher = load_model(a.teacher, device=device)
     torch.manual_seed(a.seed)
     student = DetectionModel(str(ROOT / a.student_cfg), nc=int(teacher.nc)).to(device).train()
@@ -205,28 +212,22 @@ def overhead(a):
                          0.3 + 0.4 * torch.rand(n, 2, generator=g), 0.1 + 0.3 * torch.rand(n, 2, generator=g)], 1).to(device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)  # noqa: E731
 
-    def timed(fn):
-        for _ in range(3):
-            fn()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / a.steps
-
-    def make_step(plugin):
+    def make_step(plugin=None, teacher_inside=False):
         params = list(student.parameters()) + [p for m in (plugin.trainable_modules() if plugin else []) for p in m.parameters()]
         opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
         def step():
-            with torch.autocast(device.type, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype, enabled=precision.autocast):
+                if plugin:  # as the engine's step: the teacher's forward first
+                    plugin.before_forward(imgs, targets)
                 preds = student(imgs)
                 loss, _ = compute_loss(preds, targets)
                 if plugin:
                     extra, _ = plugin.step_loss(imgs, targets, preds)
                     loss = loss + extra
+                elif teacher_inside:
+                    teacher_fwd()
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss.sum()).backward()
             scaler.step(opt)
@@ -234,30 +235,61 @@ def overhead(a):
         return step
 
     def teacher_fwd():
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=precision.autocast):
             teacher(imgs.half() if next(teacher.parameters()).dtype == torch.float16 else imgs)
 
-    res = {"device": str(device), "img": a.img, "batch": a.batch, "steps": a.steps}
-    res["student_step_s"] = timed(make_step(None))
+    kd_variants = {"kd_output": [], "kd_output+fgfi": ["fgfi"], "kd_output+at": ["at"], "kd_output+cwd": ["cwd"]}
+    # not the main process: no KD health check (it runs the first 3 steps of a real run only)
+    engine = SimpleNamespace(model=student, hyp=hyp, amp=amp, is_main_process=False,
+                             opt=SimpleNamespace(cfg=a.student_cfg, weights=""))
+
+    def run_variant(name, n):
+        """n timed steps of one variant (after one untimed), its distiller set up for them alone."""
+        d = None
+        if name in kd_variants:
+            d = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(kd_variants[name])))
+            d.setup(engine)
+            d.on_train_start(engine)
+        fn = {"student": lambda: make_step(), "teacher_forward": lambda: teacher_fwd,
+              "student+teacher_forward": lambda: make_step(teacher_inside=True)}.get(name, lambda: make_step(d))()
+        try:
+            fn()
+            times = []
+            for _ in range(n):
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times.append(time.perf_counter() - t0)
+            return times
+        finally:
+            if d is not None:
+                d.teardown()
+
+    names = ["student", "teacher_forward", "student+teacher_forward", *kd_variants]
+    per_round = max(1, math.ceil(a.steps / a.rounds))
+    times = {k: [] for k in names}
     if amp:
         teacher.half()
-    res["teacher_forward_s"] = timed(teacher_fwd)
-    for label, feats in (("kd_output", []), ("kd_output+fgfi", ["fgfi"]), ("kd_output+at", ["at"]),
-                         ("kd_output+cwd", ["cwd"])):
-        d = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(feats)))
-        engine = SimpleNamespace(model=student, hyp=hyp, amp=amp, opt=SimpleNamespace(cfg=a.student_cfg, weights=""))
-        d.setup(engine)
-        d.on_train_start(engine)
-        try:
-            res[f"{label}_step_s"] = timed(make_step(d))
-        finally:
-            d.teardown()
-    budget = 1.1 * (res["student_step_s"] + res["teacher_forward_s"])
-    res["target_s"] = budget
-    for k in [k for k in res if k.startswith("kd_")]:
-        print(f"[overhead] {k}: {res[k] * 1e3:.1f} ms/step  (student {res['student_step_s'] * 1e3:.1f} + teacher fwd "
-              f"{res['teacher_forward_s'] * 1e3:.1f} ms; target <= {budget * 1e3:.1f}) "
-              f"{'OK' if res[k] <= budget else 'OVER'}", flush=True)
+    for r in range(a.rounds):  # interleaved rounds, medians: load drifts alike for every variant
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            times[k] += run_variant(k, per_round)
+    res = {"device": str(device), "precision": precision.name, "img": a.img, "batch": a.batch,
+           "rounds": a.rounds, "steps_per_round": per_round, "cpu": cpu_description()}
+    for k in names:
+        res[f"{k}_step_s" if k != "teacher_forward" else "teacher_forward_s"] = statistics.median(times[k])
+    bound = res["student_step_s"] + res["teacher_forward_s"]
+    res["target_s"] = budget = 1.1 * bound
+    inside = res["student+teacher_forward_step_s"]
+    print(f"[overhead] {precision.name}, {res['cpu']}: student {res['student_step_s'] * 1e3:.1f} ms/step, teacher "
+          f"forward {res['teacher_forward_s'] * 1e3:.1f}, student step with a teacher forward {inside * 1e3:.1f}",
+          flush=True)
+    for k in kd_variants:
+        t = res[f"{k}_step_s"]
+        res[f"{k}_ratio"] = t / bound
+        print(f"[overhead] {k}: {t * 1e3:.1f} ms/step = {t / bound:.3f} x (student + teacher forward; target <= "
+              f"{budget * 1e3:.1f} ms) {'OK' if t <= budget else 'OVER'}; {t / inside:.3f} x the step with a "
+              "teacher forward and no KD loss", flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"kd_overhead_{device.type}.json").write_text(json.dumps(res, indent=2))

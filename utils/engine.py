@@ -409,6 +409,7 @@ class Trainer:
         ni = i + self.nb * epoch
         imgs = self._prepare_batch(imgs, ni, epoch)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_on):
+            self.plugins.call("before_forward", imgs, targets)
             pred = self.train_model(imgs)
             loss, loss_items = self.compute_loss(pred, targets.to(self.device), labeled=n_labeled)
             ploss, pitems = self.plugins.step_loss(imgs, targets, pred)

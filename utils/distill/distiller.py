@@ -50,6 +50,7 @@ class Distiller(Plugin):
         self._use(cfg)
         self.teacher = self.adapters = None
         self.t_taps = self.s_taps = None
+        self._teacher_out = None  # the teacher's raw outputs on the batch before_forward saw
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
         self.health = None
@@ -210,15 +211,24 @@ class Distiller(Plugin):
     def on_epoch_end(self, engine, epoch):
         self._report_health()  # an epoch shorter than the health window: report what it measured
 
+    def before_forward(self, imgs, targets):
+        """The teacher's forward on this batch, before the student's (its raw outputs kept for step_loss)."""
+        self._teacher_out = self._run_teacher(imgs)
+
+    def _run_teacher(self, imgs):
+        """Raw teacher outputs on imgs (no graph); its tapped features land in t_taps."""
+        imgs_t = imgs.half() if next(self.teacher.parameters()).dtype == torch.float16 else imgs
+        with torch.no_grad():
+            return _teacher_raw(self.teacher(imgs_t))
+
     def loss_terms(self, imgs, targets, preds):
         """The unweighted terms of this step, batch-scaled like the detection loss (bs * mean):
         {'kd': L_kd (when on), feature name: bs * L_f} with their graphs (before alpha/beta)."""
         if self.s_taps is None and self.pairs:
             raise RuntimeError("Distiller.on_train_start() must run before the first step (the engine calls it)")
         targets = targets.to(imgs.device)
-        imgs_t = imgs.half() if next(self.teacher.parameters()).dtype == torch.float16 else imgs
-        with torch.no_grad():
-            t_raw = _teacher_raw(self.teacher(imgs_t))
+        t_raw = self._teacher_out if self._teacher_out is not None else self._run_teacher(imgs)
+        self._teacher_out = None
         bs = imgs.shape[0]
         cfg = self.cfg
         terms = {}
@@ -253,7 +263,7 @@ class Distiller(Plugin):
         for taps in (self.t_taps, self.s_taps):
             if taps is not None:
                 taps.close()
-        self.t_taps = self.s_taps = None
+        self.t_taps = self.s_taps = self._teacher_out = None
 
     def state_dict(self):
         return {"adapters": self.adapters.state_dict() if self.adapters is not None else None,
