@@ -133,6 +133,28 @@ def test_step_loss_weights_each_term(tmp_path):
     d.teardown()
 
 
+def test_teacher_runs_before_the_student_with_the_same_loss(tmp_path):
+    """The engine calls before_forward (the teacher's forward) ahead of the student's: the terms equal those of
+    a step that runs the teacher inside step_loss, and its outputs serve one step only."""
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).eval()
+    d = make_distiller(tmp_path, student, teacher, feat=["at", "fgfi"])
+    calls = []
+    d.teacher.register_forward_pre_hook(lambda *_: calls.append("teacher"))
+    student.register_forward_pre_hook(lambda *_: calls.append("student"))
+    imgs, targets = batch()
+    with torch.no_grad():
+        inside, _ = _eval_step(d, student, imgs, targets)
+        d.before_forward(imgs, targets)
+        ahead, _ = _eval_step(d, student, imgs, targets)
+        other = batch(seed=1)[0]
+        d.before_forward(other, targets)
+        d.step_loss(other, targets, student(other)[1])
+        again, _ = _eval_step(d, student, imgs, targets)  # no before_forward: the teacher runs inside again
+    assert calls == ["student", "teacher", "teacher", "student", "teacher", "student", "student", "teacher"]
+    assert torch.allclose(ahead, inside, rtol=1e-5) and torch.allclose(again, inside, rtol=1e-5)
+    d.teardown()
+
+
 # ------------------------------------------------------------------ distiller
 @pytest.mark.parametrize("kd_type", ["l2", "kl", "bce"])
 def test_every_term_zero_for_identical_student(tmp_path, kd_type):

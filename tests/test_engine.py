@@ -219,6 +219,9 @@ class FakePlugin(Plugin):
     def trainable_modules(self):
         return [self.module]
 
+    def before_forward(self, imgs, targets):
+        self.calls.append("before")
+
     def step_loss(self, imgs, targets, preds):
         self.calls.append("step")
         loss = (self.module.weight - 1.0).pow(2).sum() * imgs.shape[0]
@@ -235,6 +238,7 @@ def test_plugin_loss_column_trainable_module_and_teardown(tiny_data, tmp_path):
     p = FakePlugin()
     save = run_train(train_args(tiny_data, tmp_path, "--noval", epochs=1), plugin=p)
     assert p.calls[0] == "setup" and p.calls[-1] == "teardown" and "step" in p.calls
+    assert p.calls[1:-1] == ["before", "step"] * ((len(p.calls) - 2) // 2)  # each step: before, forward, loss
     assert p.worker_nice == [WORKER_NICE, WORKER_NICE]  # a CPU run: its loaders' workers yield to torch
     assert p.module.weight.item() != 0.0  # the optimiser updated the plug-in module
     header = [c.strip() for c in (save / "results.csv").read_text().splitlines()[0].split(",")]
