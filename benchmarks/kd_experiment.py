@@ -12,7 +12,6 @@ Every run uses the same student cfg, data, hyp, img, epochs, batch and seed; eac
 import argparse
 import csv
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--overhead", action="store_true", help="time KD training steps instead of the table")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (--overhead)")
-    p.add_argument("--rounds", type=int, default=5, help="--overhead: interleaved rounds the steps are split into")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="--overhead: the training precision, chosen as train.py does (auto: by capability)")
     return p.parse_args(argv)
@@ -243,44 +241,43 @@ def overhead(a):
     engine = SimpleNamespace(model=student, hyp=hyp, amp=amp, is_main_process=False,
                              opt=SimpleNamespace(cfg=a.student_cfg, weights=""))
 
-    def run_variant(name, n):
-        """n timed steps of one variant (after one untimed), its distiller set up for them alone."""
-        d = None
-        if name in kd_variants:
-            d = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(kd_variants[name])))
-            d.setup(engine)
-            d.on_train_start(engine)
-        fn = {"student": lambda: make_step(), "teacher_forward": lambda: teacher_fwd,
-              "student+teacher_forward": lambda: make_step(teacher_inside=True)}.get(name, lambda: make_step(d))()
-        try:
-            fn()
-            times = []
-            for _ in range(n):
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times.append(time.perf_counter() - t0)
-            return times
-        finally:
-            if d is not None:
-                d.teardown()
+    distillers = []
 
-    names = ["student", "teacher_forward", "student+teacher_forward", *kd_variants]
-    per_round = max(1, math.ceil(a.steps / a.rounds))
-    times = {k: [] for k in names}
+    def distiller_step(feats):
+        d = Distiller(KDConfig(teacher_weight=a.teacher, feat=tuple(feats)))
+        d.setup(engine)
+        d.on_train_start(engine)
+        distillers.append(d)
+        return make_step(d)
+
     if amp:
         teacher.half()
-    for r in range(a.rounds):  # interleaved rounds, medians: load drifts alike for every variant
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            times[k] += run_variant(k, per_round)
-    res = {"device": str(device), "precision": precision.name, "img": a.img, "batch": a.batch,
-           "rounds": a.rounds, "steps_per_round": per_round, "cpu": cpu_description()}
+    # every variant exists at once and they take turns step by step (medians): load and memory drift alike
+    # for all; each distiller's student hooks only keep a reference to the latest tapped features
+    steps = {"student": make_step(), "teacher_forward": teacher_fwd,
+             "student+teacher_forward": make_step(teacher_inside=True),
+             **{k: distiller_step(f) for k, f in kd_variants.items()}}
+    names = list(steps)
+    times = {k: [] for k in names}
+    try:
+        for r in range(a.steps + 2):  # two untimed rounds first
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                sync()
+                t0 = time.perf_counter()
+                steps[k]()
+                sync()
+                if r >= 2:
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        for d in distillers:
+            d.teardown()
+    res = {"device": str(device), "precision": precision.name, "img": a.img, "batch": a.batch, "steps": a.steps,
+           "cpu": cpu_description()}
     for k in names:
         res[f"{k}_step_s" if k != "teacher_forward" else "teacher_forward_s"] = statistics.median(times[k])
     bound = res["student_step_s"] + res["teacher_forward_s"]
     res["target_s"] = budget = 1.1 * bound
-    inside = res["student+teacher_forward_step_s"]
+    inside = res["student+teacher_forward_step_s"]  # the teacher after the student (the old order)
     print(f"[overhead] {precision.name}, {res['cpu']}: student {res['student_step_s'] * 1e3:.1f} ms/step, teacher "
           f"forward {res['teacher_forward_s'] * 1e3:.1f}, student step with a teacher forward {inside * 1e3:.1f}",
           flush=True)
