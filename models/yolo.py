@@ -77,7 +77,8 @@ class Detect(YamlSpec, nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                p = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]  # bf16 autocast: decode in float32
+                bf16_autocast = x[i].dtype == torch.bfloat16 and torch.is_autocast_enabled(x[i].device.type)
+                p = x[i].float() if bf16_autocast else x[i]  # bf16 autocast: boxes decoded in float32
                 grid, anchor_grid = self._grids(i, nx, ny, p)
                 xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
