@@ -47,7 +47,8 @@ def build(opt, device, channels_last):
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loader, _ = create_dataloader(data["train"], opt.img, opt.batch, 32, hyp=hyp, augment=True,
-                                  workers=opt.workers, shuffle=True, prefix="bench: ")
+                                  workers=opt.workers, shuffle=True, prefix="bench: ",
+                                  background_workers=device.type == "cpu")  # as the engine's
     opt_ = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     return model, loader, opt_, ComputeLoss(model), ModelEMA(model)
 

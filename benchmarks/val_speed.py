@@ -75,13 +75,14 @@ def main(argv=None):
     stride = int(torch.as_tensor(model.stride).max())
     t0 = time.perf_counter()
     loader = create_dataloader(data["val"], opt.imgsz, opt.batch_size, stride, pad=0.5, rect=True,
-                               workers=opt.workers, prefix="val: ")[0]
+                               workers=opt.workers, prefix="val: ", background_workers=True)[0]  # as val.py on CPU
     t_build = time.perf_counter() - t0
     with torch.no_grad():  # warm-up forward so the first batch is not a cold start
         model(torch.zeros(1, 3, opt.imgsz, opt.imgsz))
     timed = TimedLoader(loader)
     t0 = time.perf_counter()
-    results, _, _, prof = validate(model, timed, data, conf_thres=opt.conf_thres, plots=False, half=False)
+    res = validate(model, timed, data, conf_thres=opt.conf_thres, plots=False, half=False)
+    results, prof = res.results, res.profile
     wall = time.perf_counter() - t0
     n = prof["images"]
     split = {"dataloader_build": t_build, "load": timed.t, "pre": prof["pre"], "inference": prof["inference"],
