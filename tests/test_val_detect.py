@@ -219,3 +219,18 @@ def test_validate_in_bf16_scores_like_float32(tmp_path):
     assert fp32[2] > 0.3  # a trained model: the comparison means something
     assert bf16[2] == pytest.approx(fp32[2], abs=0.01) and bf16[3] == pytest.approx(fp32[3], abs=0.01)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the copy was fused, not the model
+
+
+def test_ensemble_runs_each_member_with_test_time_augmentation(tiny_weights):
+    """Ensemble(..., augment=True): every PyTorch member's own TTA output (float32), concatenated."""
+    from utils.backends import Ensemble
+    from utils.checkpoint import load_model
+
+    ensemble = Ensemble([tiny_weights, tiny_weights], torch.device("cpu"), False)
+    im = torch.rand(1, 3, 64, 64)
+    model = load_model(tiny_weights, fuse=True)
+    with torch.no_grad():
+        ref = model(im, augment=True)[0]
+    out = ensemble(im, augment=True)
+    assert out.dtype == torch.float32 and out.shape[1] == 2 * ref.shape[1] > ensemble(im).shape[1]
+    assert torch.allclose(out, torch.cat((ref, ref), 1), atol=1e-4)

@@ -84,14 +84,15 @@ class InferenceBackend:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.stride, self.names = parse_onnx_metadata(meta, self.weights)
 
-    def __call__(self, im):
-        """Decoded predictions (bs, N, nc + 5) as float32 on ``self.device``."""
+    def __call__(self, im, augment=False):
+        """Decoded predictions (bs, N, nc + 5) as float32 on ``self.device``; augment: test-time augmentation
+        (PyTorch models only; an ONNX model runs as exported)."""
         if self.pt:
             im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
             if self.channels_last:
                 im = im.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
-                y = self.model(im)
+                y = self.model(im, augment=True) if augment else self.model(im)
             y = y[0] if isinstance(y, (list, tuple)) else y
             return y.float()
         if self.fixed_shape is not None and tuple(im.shape) != self.fixed_shape:
@@ -126,16 +127,7 @@ class Ensemble:
                                  f"{len(first.names)}")
 
     def __call__(self, im, augment=False):
-        outs = []
-        for m in self.members:
-            if augment and m.pt:
-                with torch.no_grad():
-                    x = im.to(m.device, torch.float16 if m.fp16 else torch.float32)
-                    y = m.model(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x,
-                                augment=True)
-                outs.append((y[0] if isinstance(y, (list, tuple)) else y).float())
-            else:
-                outs.append(m(im))
+        outs = [m(im, augment=augment) for m in self.members]
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
     def warmup(self, imgsz):
