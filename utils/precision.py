@@ -44,28 +44,24 @@ class Precision:
         return self.name == "fp16"
 
 
-def cpu_flags(cpuinfo=Path("/proc/cpuinfo")):
-    """The CPU's feature flags (empty where /proc/cpuinfo is unreadable, e.g. not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="ignore")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_name(cpuinfo=Path("/proc/cpuinfo")):
-    """The CPU's model name ('' where /proc/cpuinfo is unreadable), for speed figures and reports."""
+def _cpuinfo_value(cpuinfo, matches):
+    """The value (after ':') of the first /proc/cpuinfo line for which matches(line) holds; '' where there is
+    none or the file is unreadable (e.g. not Linux)."""
     try:
         text = Path(cpuinfo).read_text(errors="ignore")
     except OSError:
         return ""
-    for line in text.splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
+    return next((line.split(":", 1)[1] for line in text.splitlines() if matches(line) and ":" in line), "")
+
+
+def cpu_flags(cpuinfo=Path("/proc/cpuinfo")):
+    """The CPU's feature flags (empty where /proc/cpuinfo is unreadable, e.g. not Linux)."""
+    return set(_cpuinfo_value(cpuinfo, lambda line: line.startswith(("flags", "Features"))).split())
+
+
+def cpu_name(cpuinfo=Path("/proc/cpuinfo")):
+    """The CPU's model name ('' where /proc/cpuinfo is unreadable), for speed figures and reports."""
+    return _cpuinfo_value(cpuinfo, lambda line: line.lower().startswith("model name")).strip()
 
 
 def cpu_description():
