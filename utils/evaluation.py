@@ -207,7 +207,6 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
     model.eval()
     data = _dataset(data)
     channels_last = device.type == "cpu"  # channels_last input: faster convolutions on CPUs (oneDNN)
-
     use_autocast = autocast_dtype is not None and not half
 
     def forward(im):
@@ -215,9 +214,10 @@ def validate(model, dataloader, data, *, half=False, single_cls=False, augment=F
             im = im.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             out = model(im, augment=True) if augment else model(im)
-        out = (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
-        return (out[0].float(), [x.float() for x in out[1]] if out[1] is not None else None) if use_autocast \
-            else out
+        preds, raw = (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
+        if use_autocast:  # bf16 raw maps -> float32 for the loss (the decoded boxes are float32 already)
+            preds, raw = preds.float(), None if raw is None else [x.float() for x in raw]
+        return preds, raw
 
     result = evaluate(forward, dataloader, _class_names(data, getattr(model, "names", None), single_cls), device,
                       half=half, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
