@@ -74,11 +74,12 @@ def class_names():
     return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
 
 
-def link_split(src_split, dst_root, split, n):
-    """Symlink the first n images of NEU-DET/<split> (sorted by name) and their labels into dst_root."""
-    images = sorted((NEU / "images" / src_split).glob("*.jpg"))[:n]
+def link_split(src_split, dst_root, split, n, src=NEU):
+    """Symlink the first n images of src/images/<split> (sorted by name; src: NEU-DET) and their labels into
+    dst_root."""
+    images = sorted((src / "images" / src_split).glob("*.jpg"))[:n]
     if len(images) < n:
-        raise SystemExit(f"vs_upstream: {NEU / 'images' / src_split} has {len(images)} images, {n} asked")
+        raise SystemExit(f"{src / 'images' / src_split} has {len(images)} images, {n} asked")
     for kind in ("images", "labels"):
         d = dst_root / kind / split
         if d.exists():
@@ -86,7 +87,7 @@ def link_split(src_split, dst_root, split, n):
         d.mkdir(parents=True)
     for im in images:
         (dst_root / "images" / split / im.name).symlink_to(im)
-        lb = NEU / "labels" / src_split / f"{im.stem}.txt"
+        lb = src / "labels" / src_split / f"{im.stem}.txt"
         if lb.exists():
             (dst_root / "labels" / split / lb.name).symlink_to(lb)
     for cache in (dst_root / "labels").glob("*.cache*"):  # a cache of another subset would only be rescanned

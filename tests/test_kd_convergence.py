@@ -1,0 +1,76 @@
+"""benchmarks/kd_convergence.py --smoke: every stage of ours trains, is validated, recorded and skipped once
+done; an interrupted stage waits for --resume; a missing peer is a skip, not a crash."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_engine import make_tiny_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "kd_convergence.py"
+OURS = ["ours_teacher", "ours_base_s0", "ours_kd_s0"]
+
+
+def run(tmp_path, *extra):
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--data", str(tmp_path / "data"),
+           "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
+           "--peer-python", str(tmp_path / "no-peer" / "python"), "--ours-args", "", *extra]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_smoke_stages_record_resume_and_report(tmp_path):
+    make_tiny_data(tmp_path / "data", n_train=8, n_val=4)
+    res = tmp_path / "results"
+    out = run(tmp_path, "--stages", *OURS, "peer_base_s0")
+    assert "peer_base_s0: no peer python" in out
+    for name in OURS:
+        rec = json.loads((res / f"{name}.json").read_text())
+        assert rec["epochs"] == 1 and len(rec["curve"]) == 1 and rec["curve"][0][0] == 1
+        assert 0 <= rec["final"]["mAP50"] <= 1 and rec["train_wall_s"] > 0
+        assert rec["attempts"][-1]["rc"] == 0
+    assert (res / "ours_teacher.pt").is_file()  # a later sitting's students find their teacher here
+    kd = json.loads((res / "ours_kd_s0.json").read_text())
+    assert "--teacher_weight" in kd["attempts"][0]["cmd"]
+    measure = json.loads((res / "measure.json").read_text())
+    assert measure["ours_base_s0"]["params"] == 1772035 and measure["ours_base_s0"]["ms_per_img"] > 0
+    report = json.loads((res / "kd_convergence.json").read_text())
+    rows = {(r["framework"], r["run"]): r for r in report["rows"]}
+    kd_row = rows[("ours (yolov5-kd)", "output KD")]
+    base_row = rows[("ours (yolov5-kd)", "baseline")]
+    assert float(kd_row["KD gain mAP50"]) == round(kd_row["mAP50"] - base_row["mAP50"], 3)
+    assert report["stages_done"] == sorted(OURS)
+    assert (res / "kd_convergence.md").read_text().count("| ours (yolov5-kd) |") == 4  # the combo row is blank
+    assert (res / "kd_convergence.png").stat().st_size > 10_000
+
+    # done stages are skipped; a stage whose training ended but whose result is gone is only re-validated
+    (res / "ours_base_s0.json").unlink()
+    out = run(tmp_path, "--stages", *OURS, "--no-measure")
+    commands = [ln for ln in out.splitlines() if ln.startswith("$ ")]
+    assert "ours_teacher: done" in out and not any("--name ours_base_s0" in c for c in commands)
+    assert any("val.py" in c and "ours_base_s0" in c for c in commands)
+    rec = json.loads((res / "ours_base_s0.json").read_text())
+    assert len(rec["attempts"]) == 1
+
+    # an attempt without an exit status was killed: it waits for --resume, which continues its last.pt
+    (res / "ours_base_s0.json").unlink()
+    att = tmp_path / "out" / "runs" / "ours_base_s0" / "kd_convergence_attempts.json"
+    attempts = json.loads(att.read_text())
+    del attempts[-1]["rc"], attempts[-1]["wall_s"]
+    att.write_text(json.dumps(attempts))
+    out = run(tmp_path, "--stages", "ours_base_s0", "--no-measure")
+    assert "interrupted run" in out and "--resume" in out and not (res / "ours_base_s0.json").exists()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    a = kc.parse_args(["--smoke", "--out", str(tmp_path / "out"), "--results", str(res)])
+    stage = next(s for s in kc.plan(a) if s["name"] == "ours_kd_s0")
+    cmd, _ = kc.train_command(a, stage, tmp_path / "data.yaml", resume=True)
+    assert cmd[1:] == ["train_kd.py", "--resume", str(tmp_path / "out" / "runs" / "ours_kd_s0" / "weights" / "last.pt")]
+    (res / "peer_teacher.pt").write_bytes(b"")  # a teacher of an earlier sitting, found in --results
+    peer = next(s for s in kc.plan(a) if s["name"] == "peer_kd_s0")
+    cmd, env = kc.train_command(a, peer, tmp_path / "data.yaml", resume=False)
+    assert cmd[-2:] == ["--teacher", str(res / "peer_teacher.pt")] and env["YOLO_OFFLINE"] == "1"
