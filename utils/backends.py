@@ -1,5 +1,5 @@
-"""One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an ONNX model (onnxruntime),
-and an Ensemble of several (val.py, detect.py)."""
+"""One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an exported artifact (ONNX via
+onnxruntime, TorchScript, OpenVINO; INT8 ones included), and an Ensemble of several (val.py, detect.py)."""
 
 import ast
 from pathlib import Path
@@ -20,16 +20,28 @@ def _import_onnxruntime(weights):
 
 
 def parse_onnx_metadata(meta, weights="model.onnx"):
-    """(stride, names) from the custom metadata written by export.py (names parsed as a literal, never eval'd)."""
-    stride = int(float(meta["stride"])) if "stride" in meta else 32
-    names = {}
-    if "names" in meta:
-        try:
-            names = ast.literal_eval(meta["names"])
-        except (ValueError, SyntaxError) as e:
-            raise ValueError(f"{weights}: metadata 'names' is not a literal dict: {meta['names'][:80]!r}") from e
-        names = {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
-    return stride, names
+    """(stride, names) from the custom metadata written by export.py (names parsed as a literal, never eval'd;
+    both validated). A file without them (exported elsewhere) gets stride 32 and no names."""
+    from utils.deploy.metadata import check_stride, read_metadata
+
+    meta = {"stride": 32, **meta}
+    if "names" not in meta:
+        return check_stride(meta["stride"], weights), {}
+    return read_metadata(meta, weights)
+
+
+def artifact_kind(weights):
+    """'pt', 'onnx', 'torchscript' or 'openvino' (a *_openvino_model folder or its .xml) of a weights path."""
+    p = Path(weights)
+    suffix = p.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "pt"
+    if suffix in (".onnx", ".torchscript"):
+        return suffix[1:]
+    if suffix == ".xml" or (p.is_dir() and p.name.endswith("_openvino_model")):
+        return "openvino"
+    raise ValueError(f"{weights}: unsupported weights format '{suffix or p.name}' (use .pt, .pth, .onnx, "
+                     ".torchscript or a *_openvino_model folder)")
 
 
 class InferenceBackend:
@@ -43,10 +55,11 @@ class InferenceBackend:
         """cfg: your own model YAML to build a .pt's architecture from (instead of the YAML stored in it)."""
         self.weights = Path(weights)
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
-        suffix = self.weights.suffix.lower()
-        self.pt, self.onnx = suffix in (".pt", ".pth"), suffix == ".onnx"
+        self.kind = artifact_kind(self.weights)
+        self.pt, self.onnx = self.kind == "pt", self.kind == "onnx"
         self.model = self.session = None
         self.fixed_shape = None
+        self.fp16, self.channels_last = False, False
         if self.pt:
             from utils.checkpoint import load_model
 
@@ -60,8 +73,15 @@ class InferenceBackend:
             self.names = dict(model.names)
         elif self.onnx:
             self._load_onnx(fp16)
+        elif self.kind == "torchscript":
+            from utils.deploy.torchscript import load_torchscript
+
+            self.model, self.stride, self.names = load_torchscript(self.weights, self.device)
+            self.fixed_shape = None  # traced on one shape; the traced grids follow the input size
         else:
-            raise ValueError(f"{self.weights}: unsupported weights format '{suffix}' (use .pt, .pth or .onnx)")
+            from utils.deploy.openvino_io import load_openvino
+
+            self.session, self.stride, self.names, self.fixed_shape = load_openvino(self.weights)
 
     def _load_onnx(self, fp16):
         if not self.weights.is_file():
@@ -87,6 +107,9 @@ class InferenceBackend:
     def __call__(self, im, augment=False):
         """Decoded predictions (bs, N, nc + 5) as float32 on ``self.device``; augment: test-time augmentation
         (PyTorch models only; an ONNX model runs as exported)."""
+        if self.kind == "torchscript":
+            with torch.no_grad():
+                return self.model(im.to(self.device, torch.float32)).float()
         if self.pt:
             im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
             if self.channels_last:
@@ -100,7 +123,10 @@ class InferenceBackend:
                              f"{tuple(im.shape)} (export with --dynamic, or use --img {self.fixed_shape[-1]} "
                              f"--batch-size {self.fixed_shape[0]} and no rectangular batches)")
         x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
-        y = self.session.run(self.output_names[:1], {self.input_name: x})[0]
+        if self.kind == "openvino":
+            y = self.session(x)[0]
+        else:
+            y = self.session.run(self.output_names[:1], {self.input_name: x})[0]
         return torch.from_numpy(np.asarray(y, dtype=np.float32)).to(self.device)
 
     def warmup(self, imgsz=(1, 3, 640, 640)):
