@@ -76,7 +76,7 @@ def export_onnx_int8(onnx_file, meta_strings, calib):
     import onnx
 
     q = require("onnxruntime.quantization", "--int8 (ONNX)")
-    from export import add_metadata
+    from utils.deploy.onnx_export import add_metadata
 
     out = Path(onnx_file).with_name(f"{Path(onnx_file).stem}_int8.onnx")
     pre = out.with_name(f"{out.stem}_pre.onnx")

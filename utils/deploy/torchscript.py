@@ -38,7 +38,7 @@ CLASS_REF = re.compile(r"\btorch\.(?:nn|models|utils)\.[\w.]+")
 
 def export_torchscript(model, im, file, meta):
     """Trace model (fused, eval; its Detect returns decoded boxes) on im -> file with meta in config.txt."""
-    from export import DecodedOutput, _prepare_detect
+    from utils.deploy.onnx_export import DecodedOutput, _prepare_detect
 
     _prepare_detect(model, dynamic=True)  # grids computed from the input's size inside the graph
     with torch.no_grad(), warnings.catch_warnings():
