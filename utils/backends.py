@@ -1,7 +1,6 @@
 """One inference callable over a PyTorch checkpoint (ours / upstream YOLOv5) or an exported artifact (ONNX via
 onnxruntime, TorchScript, OpenVINO; INT8 ones included), and an Ensemble of several (val.py, detect.py)."""
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,8 @@ def artifact_kind(weights):
 
 
 class InferenceBackend:
-    """Load ``weights`` (.pt/.pth ours or upstream, or .onnx) and run it: ``backend(im) -> (bs, N, nc+5)``.
+    """Load ``weights`` (.pt/.pth ours or upstream, or an artifact of artifact_kind) and run it:
+    ``backend(im) -> (bs, N, nc+5)``.
 
     ``im`` is a float BCHW tensor scaled 0..1. Attributes: stride (int, the max stride), names (dict),
     pt / onnx (bool), fp16, device, model (the nn.Module for .pt), session (for .onnx).
@@ -76,8 +76,7 @@ class InferenceBackend:
         elif self.kind == "torchscript":
             from utils.deploy.torchscript import load_torchscript
 
-            self.model, self.stride, self.names = load_torchscript(self.weights, self.device)
-            self.fixed_shape = None  # traced on one shape; the traced grids follow the input size
+            self.model, self.stride, self.names = load_torchscript(self.weights, self.device)  # any input shape
         else:
             from utils.deploy.openvino_io import load_openvino
 
