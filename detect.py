@@ -24,7 +24,7 @@ from utils.cli import OptionError, add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import Timer, select_device  # noqa: E402
-from utils.plots import Annotator, colors, save_one_box  # noqa: E402
+from utils.plots import Annotator, colors, detections_line, save_one_box  # noqa: E402
 
 
 class _VideoSink:
@@ -47,11 +47,6 @@ class _VideoSink:
         if self.writer is not None:
             self.writer.release()
         self.path, self.writer = None, None
-
-
-def _detections_line(det, names):
-    counts = torch.bincount(det[:, 5].long().cpu()) if len(det) else torch.zeros(0)
-    return "".join(f"{int(n)} {names.get(c, c)}{'s' * (n > 1)}, " for c, n in enumerate(counts.tolist()) if n)
 
 
 @torch.no_grad()
@@ -104,7 +99,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
         annotator = Annotator(im0, line_width=line_thickness)
         if len(det):
             det[:, :4] = scale_boxes(im.shape[2:], det[:, :4], im0.shape).round()
-            s += _detections_line(det, names)
+            s += detections_line(det, names)
             gn = torch.tensor(im0.shape)[[1, 0, 1, 0]]
             txt_lines = []
             for *xyxy, conf, cls in reversed(det.tolist()):

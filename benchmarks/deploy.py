@@ -54,16 +54,11 @@ def export_all(weights, img, data, calib_images, folder):
 
 
 def latency_ms(path, img, repeats, warmup):
-    import torch
-
     from utils.backends import InferenceBackend
-    from utils.profiler import median_time
+    from utils.profiler import batch1_latency_ms
 
     backend = InferenceBackend(path, device="cpu")
-    x = torch.zeros(1, 3, img, img)
-    if backend.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return round(median_time(lambda: backend(x), torch.device("cpu"), repeats=repeats, warmup=warmup) * 1e3, 2)
+    return batch1_latency_ms(backend, img, repeats, warmup, channels_last=backend.channels_last)
 
 
 def main(argv=None):

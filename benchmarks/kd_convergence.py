@@ -318,17 +318,14 @@ def measure_stage(a, stage):
         return result_line(log) if run_logged(cmd, peer_env(a), log) == 0 else None
     import torch
     from utils.checkpoint import load_model
-    from utils.profiler import median_time
+    from utils.profiler import batch1_latency_ms
     from utils.torch_utils import model_flops
 
     model = load_model(best).eval()
     params = sum(p.numel() for p in model.parameters())
     model = model.fuse(verbose=False)
-    x = torch.zeros(1, 3, a.img, a.img)
-    with torch.inference_mode():
-        s = median_time(lambda: model(x), torch.device("cpu"), repeats=50, warmup=10)
     return {"params": params, "GFLOPs_640": round(model_flops(model, 640), 2),
-            "GFLOPs_img": round(model_flops(model, a.img), 3), "ms_per_img": round(s * 1e3, 2),
+            "GFLOPs_img": round(model_flops(model, a.img), 3), "ms_per_img": batch1_latency_ms(model, a.img),
             "threads": torch.get_num_threads()}
 
 
@@ -340,6 +337,15 @@ def load_records(a, stages):
         if f.is_file():
             recs[s["name"]] = json.loads(f.read_text())
     return recs
+
+
+def measures_file(a):
+    return a.results / "measure.json"
+
+
+def load_measures(a):
+    f = measures_file(a)
+    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def _mean(values):
@@ -414,8 +420,7 @@ def write_report(a, stages):
     from utils.report import markdown_table
 
     recs = load_records(a, stages)
-    mfile = a.results / "measure.json"
-    measures = json.loads(mfile.read_text()) if mfile.is_file() else {}
+    measures = load_measures(a)
     rows = table_rows(stages, recs, measures)
     cpu = cpu_info()
     flags = ", ".join(k for k, v in cpu["flags"].items() if v)
@@ -467,13 +472,12 @@ def main(argv=None):
             run_stage(a, stage, yamls[stage["framework"]])
         recs = load_records(a, stages)
         if not a.no_measure:  # after this invocation's training: the latencies are timed on a quiet machine
-            mfile = a.results / "measure.json"
-            measures = json.loads(mfile.read_text()) if mfile.is_file() else {}
+            measures = load_measures(a)
             for s in chosen:
                 if s["name"] in recs and s["name"] not in measures and (s["role"] == "teacher"
                                                                         or s["seed"] == a.seeds[0]):
                     measures[s["name"]] = measure_stage(a, s)
-            mfile.write_text(json.dumps(measures, indent=1))
+            measures_file(a).write_text(json.dumps(measures, indent=1))
     write_report(a, stages)
 
 

@@ -9,8 +9,8 @@ r"""The peer side of benchmarks/kd_convergence.py: the `ultralytics` package's t
 Models are built from the package's YAMLs (no pretrained weights, no download); `--teacher` turns on the
 package's own distillation (`distill_model=`, its default `dis`). The environment kd_convergence.py gives it
 is offline (YOLO_OFFLINE=1). Each command ends with one line `RESULT {json}` for the caller to read.
-This file imports only ultralytics, torch and the standard library (plus utils.profiler.median_time, this
-repo's timer), so it runs in a venv that does not have our requirements.
+This file imports only ultralytics, torch and the standard library (plus utils.profiler.batch1_latency_ms,
+this repo's timer), so it runs in a venv that does not have our requirements.
 """
 
 import argparse
@@ -83,17 +83,14 @@ def measure(a):
     from ultralytics.utils.torch_utils import get_flops
 
     sys.path.insert(0, str(ROOT))
-    from utils.profiler import median_time
+    from utils.profiler import batch1_latency_ms
 
     model = YOLO(a.weights).model.float().eval()
     params = sum(p.numel() for p in model.parameters())
     model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
-    x = torch.zeros(1, 3, a.img, a.img)
-    with torch.inference_mode():
-        s = median_time(lambda: model(x), torch.device("cpu"), repeats=a.repeats, warmup=a.warmup)
     return {"params": params, "GFLOPs_640": round(float(get_flops(model, 640)), 2),
-            "GFLOPs_img": round(float(get_flops(model, a.img)), 3), "ms_per_img": round(s * 1e3, 2),
-            "threads": torch.get_num_threads()}
+            "GFLOPs_img": round(float(get_flops(model, a.img)), 3),
+            "ms_per_img": batch1_latency_ms(model, a.img, a.repeats, a.warmup), "threads": torch.get_num_threads()}
 
 
 def main(argv=None):

@@ -45,6 +45,14 @@ def letterbox(im, new_shape=(640, 640), color=(PAD_VALUE,) * 3, auto=True, scale
     return im, ratio, (dw, dh)
 
 
+def model_input(im, new_shape, scaleup=True, rgb=False):
+    """One HWC uint8 image (BGR, or RGB with rgb=True) letterboxed to exactly new_shape (h, w) -> float32 array
+    (1, 3, h, w), RGB, 0..1: what a model (or an exported artifact) takes."""
+    lb = letterbox(im, new_shape, auto=False, scaleup=scaleup)[0]
+    chw = lb.transpose(2, 0, 1) if rgb else lb[:, :, ::-1].transpose(2, 0, 1)
+    return np.ascontiguousarray(chw[None], dtype=np.float32) / 255.0
+
+
 def augment_hsv(im, hgain=0.5, sgain=0.5, vgain=0.5):
     """Random hue/saturation/value gains 1 + U(-1, 1) * gain, applied in place to a BGR uint8 image."""
     if not (hgain or sgain or vgain):

@@ -83,6 +83,12 @@ class Annotator:
         return self.im
 
 
+def detections_line(det, names):
+    """'2 crazings, 1 patches, ': counts per class of a (n, 6) detections tensor, as detect.py logs them."""
+    counts = torch.bincount(det[:, 5].long().cpu()) if len(det) else torch.zeros(0)
+    return "".join(f"{int(n)} {names.get(c, c)}{'s' * (n > 1)}, " for c, n in enumerate(counts.tolist()) if n)
+
+
 def save_one_box(xyxy, im, file=Path("im.jpg"), gain=1.02, pad=10, square=False, save=True):
     """Crop an xyxy box (enlarged by gain and pad) from a BGR image; save it (parents created)."""
     b = xyxy2xywh(torch.as_tensor(xyxy, dtype=torch.float32).view(-1, 4))

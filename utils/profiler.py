@@ -91,6 +91,14 @@ def median_time(fn, device, repeats=10, warmup=2):
     return statistics.median(times)
 
 
+def batch1_latency_ms(fn, img, repeats=50, warmup=10, channels_last=False):
+    """Median ms of fn(x) on one zero CPU image (1, 3, img, img) under inference mode: the deploy latency."""
+    x = torch.zeros(1, 3, img, img)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    with torch.inference_mode():
+        return round(median_time(lambda: fn(x), torch.device("cpu"), repeats=repeats, warmup=warmup) * 1e3, 2)
+
+
 # ----------------------------------------------------------------------------- recording one forward
 def record_layers(model, x):
     """Run model(x) once with hooks; per layer of model.model: inputs, output, leaf-kernel count and bytes."""

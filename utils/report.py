@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.augmentations import letterbox  # noqa: E402
+from utils.augmentations import model_input  # noqa: E402
 from utils.boxes import scale_boxes, xywhn2xyxy  # noqa: E402
 from utils.cli import UserError  # noqa: E402
 from utils.general import LOGGER  # noqa: E402
@@ -103,9 +103,7 @@ def pick_images(im_files, label_rows, k=3):
 @torch.no_grad()
 def detect(model, im, imgsz, conf_thres=0.25, iou_thres=0.45):
     """Detections (n, 6: x1 y1 x2 y2 conf cls) of one BGR image, in its own pixels."""
-    stride = int(model.stride.max())
-    lb = letterbox(im, imgsz, stride=stride, auto=False)[0]
-    x = torch.from_numpy(np.ascontiguousarray(lb[:, :, ::-1].transpose(2, 0, 1))).float()[None] / 255
+    x = torch.from_numpy(model_input(im, imgsz))
     det = non_max_suppression(model(x)[0], conf_thres, iou_thres)[0]
     det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im.shape[:2])
     return det.numpy()

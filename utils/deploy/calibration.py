@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from utils.augmentations import letterbox
+from utils.augmentations import model_input
 from utils.cli import UserError
 from utils.general import LOGGER
 
@@ -30,8 +30,7 @@ def calibration_images(data, imgsz, n=300, batch=1, seed=0):
         if im is None:
             skipped.append(files[i])
             continue
-        im = letterbox(im, tuple(imgsz), auto=False, scaleup=False)[0]
-        out.append(np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0)
+        out.append(model_input(im, tuple(imgsz), scaleup=False))
     if skipped:
         LOGGER.warning(f"calibration: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
     if not out:

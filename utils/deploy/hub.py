@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import torch
 
-from utils.augmentations import letterbox
+from utils.augmentations import model_input
 from utils.boxes import scale_boxes, xyxy2xywh
 from utils.cli import UserError
 from utils.general import LOGGER, check_img_size, increment_path
 from utils.nms import non_max_suppression
-from utils.plots import Annotator, colors
+from utils.plots import Annotator, colors, detections_line
 
 
 def _as_rgb(im, i):
@@ -69,8 +69,7 @@ class HubModel:
         originals, files, preds = [], [], []
         for i, im in enumerate(ims):
             rgb, name = _as_rgb(im, i)
-            x = letterbox(rgb, size, auto=False, scaleup=False)[0]  # one fixed shape: also for static artifacts
-            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].float() / 255
+            x = torch.from_numpy(model_input(rgb, size, scaleup=False, rgb=True))  # one shape: static artifacts too
             det = non_max_suppression(self.backend(x), self.conf, self.iou, self.classes, self.agnostic,
                                       max_det=self.max_det)[0]
             det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], rgb.shape[:2]).round()
@@ -97,10 +96,8 @@ class Detections:
         return self.n
 
     def _summary(self, i):
-        p, im = self.pred[i], self.ims[i]
-        counts = torch.bincount(p[:, 5].long(), minlength=0) if len(p) else torch.zeros(0, dtype=torch.long)
-        found = ", ".join(f"{int(n)} {self.names.get(c, c)}{'s' * (n > 1)}" for c, n in enumerate(counts.tolist()) if n)
-        return f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {found or '(no detections)'}"
+        found = detections_line(self.pred[i], self.names).rstrip(", ")
+        return f"image {i + 1}/{self.n}: {self.ims[i].shape[0]}x{self.ims[i].shape[1]} {found or '(no detections)'}"
 
     def __str__(self):
         return "\n".join(self._summary(i) for i in range(self.n))
