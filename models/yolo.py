@@ -4,6 +4,7 @@ Usage: python models/yolo.py --cfg yolov5s.yaml --img 640 [--profile]
 """
 
 import argparse
+import contextlib
 import importlib
 import math
 import sys
@@ -20,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 
 from models import attention, common, mobilenet  # noqa: E402
 from models.common import YamlSpec  # noqa: E402
+from models.dry_run_budget import DryRunBudget  # noqa: E402
 from utils.cli import UserError  # noqa: E402
 from utils.general import LOGGER, ROOT, yaml_load  # noqa: E402
 from utils.torch_utils import fuse_conv_and_bn, fuse_sequential, initialize_weights, model_info, scale_img  # noqa: E402
@@ -32,7 +34,8 @@ except ImportError:  # pragma: no cover
 BLOCK_NAMESPACES = (common, attention, mobilenet)  # searched in order, then the registry, torch.nn, dotted paths
 BLOCK_REGISTRY = {}
 # Bounds for a model dict that came from a file someone else wrote (a weights file's stored YAML).
-UNTRUSTED_LIMITS = {"layers": 1000, "repeats": 1000, "multiple": 16.0, "int_arg": 100_000, "nc": 100_000}
+UNTRUSTED_LIMITS = {"layers": 1000, "repeats": 1000, "modules": 3000, "multiple": 16.0, "int_arg": 100_000,
+                    "nc": 100_000}
 
 
 class ModelConfigError(UserError, ValueError):
@@ -124,6 +127,7 @@ class DetectionModel(nn.Module):
         if anchors:
             LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors)
+        self._untrusted = not allow_imports
         self.model, self.save, self.rows = parse_model(deepcopy(self.yaml), ch, self.yaml_file, row_lines,
                                                        allow_imports=allow_imports, max_params=max_params)
         self.nc = self.yaml["nc"]
@@ -145,8 +149,9 @@ class DetectionModel(nn.Module):
         was_training, m = self.training, self.model[-1]
         m.stride = torch.ones(m.nl)  # placeholder so the eval-mode decode can run
         self.eval()
+        budget = DryRunBudget(self, lambda msg: ModelConfigError(f"{self.yaml_file}: {msg}"))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (budget if self._untrusted else contextlib.nullcontext()):
                 out = self._forward_once(torch.zeros(1, ch, s, s), _diagnose=True)[1]
         finally:
             self.train(was_training)
@@ -178,6 +183,8 @@ class DetectionModel(nn.Module):
     def _run_diagnosed(self, m, x):
         try:
             return m(x)
+        except ModelConfigError:
+            raise
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
             raise ModelConfigError(f"{self.rows[m.i]}: forward failed for input shape(s) {shapes} "
@@ -369,6 +376,11 @@ def _check_untrusted_bounds(d, source):
     nc = d.get("nc")
     if not _int_within(nc, 1, lim["nc"]):
         problems.append(f"nc={nc!r} (must be an int in 1..{lim['nc']})")
+    gd = d.get("depth_multiple", 1.0)
+    if isinstance(gd, (int, float)) and 0 < gd <= lim["multiple"]:
+        blocks = sum(max(round(n * gd), 1) if _is_int(n) and n > 1 else 1 for _, n, _, _ in rows)
+        if blocks > lim["modules"]:
+            problems.append(f"{blocks} blocks after depth_multiple (limit {lim['modules']})")
     try:
         for k, (_, n, _, args) in enumerate(rows):
             if not 0 < n <= lim["repeats"]:

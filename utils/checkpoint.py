@@ -2,6 +2,7 @@
 and weight transfer for ``--weights``. Format described in docs/ARCHITECTURE.md."""
 
 import copy
+import math
 import os
 import tempfile
 import zipfile
@@ -15,6 +16,7 @@ import torch
 from models.yolo import UNTRUSTED_LIMITS
 from utils.cli import UserError
 from utils.general import LOGGER, names_dict
+from utils.limits import check_names, check_structure
 from utils.torch_utils import de_parallel
 from utils.upstream import (FORMAT, UpstreamCheckpointError, check_zip_archive, is_upstream_pickle,
                             load_upstream, to_plain)
@@ -108,15 +110,19 @@ def read_weights_file(path):
         raise CheckpointError(f"{path}: not a file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a torch.save zip archive (truncated, empty or another format)")
+    upstream = None
     try:
         with zipfile.ZipFile(path) as zf:
             check_zip_archive(path, zf)
         if is_upstream_pickle(path):
-            return "checkpoint", load_upstream(path)
+            upstream = load_upstream(path)
     except UpstreamCheckpointError as e:
         raise CheckpointError(str(e)) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CheckpointError(f"{path}: damaged zip archive ({e})") from None
+    if upstream is not None:
+        check_checkpoint_entries(upstream, path)
+        return "checkpoint", upstream
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever a damaged or crafted file provokes: one error naming it
@@ -129,6 +135,7 @@ def read_weights_file(path):
         return "checkpoint", obj
     state = _plain_state_dict(obj)
     if state is not None:
+        check_tensors(state, f"{path}: state_dict")
         return "state_dict", state
     raise CheckpointError(f"{path}: unrecognised content (neither a yolov5-kd checkpoint, an upstream YOLOv5 "
                           f"checkpoint, nor a state_dict of tensors)")
@@ -139,25 +146,67 @@ def _valid_nc(nc):
     return isinstance(nc, int) and not isinstance(nc, bool) and 0 < nc <= UNTRUSTED_LIMITS["nc"]
 
 
+def _finite_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v, low=None):
+    return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+
+
+def is_optimizer_state(v):
+    """torch.optim state_dict layout: {'state': {int: {...}}, 'param_groups': [{'params': [int, ...]}, ...]}."""
+    return (isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) and all(map(_is_int, g["params"]))
+                    for g in v["param_groups"])
+            and all(_is_int(k) and isinstance(s, dict) for k, s in v["state"].items()))
+
+
+def _is_stride(v):
+    return isinstance(v, (list, tuple)) and 0 < len(v) <= 16 and all(_finite_number(s) and 0 < s <= 4096 for s in v)
+
+
+def check_tensors(state, where):
+    """Refuse tensors a model cannot use: without data (meta device), of an exotic kind, or not finite."""
+    for k, v in state.items():
+        if v.is_meta or v.device.type != "cpu":
+            raise CheckpointError(f"{where}: tensor '{k}' has no data here (device {v.device.type})")
+        if v.layout != torch.strided or v.is_quantized or v.is_complex():
+            raise CheckpointError(f"{where}: tensor '{k}' is of an unsupported kind ({v.layout}, {v.dtype})")
+        if v.is_floating_point() and not math.isfinite(float(v.sum(dtype=torch.float64))):  # any NaN/inf shows
+            raise CheckpointError(f"{where}: tensor '{k}' holds NaN or infinite values (weights from a diverged run?)")
+
+
 def check_checkpoint_entries(ckpt, path):
-    """Types of the entries code reads from a checkpoint in our format; CheckpointError naming the first bad one."""
+    """Every entry code reads from a checkpoint in our format (from our file or converted from upstream's),
+    validated where it is read: one CheckpointError naming the file and the first bad field."""
     entry = ckpt["model"]
-    number = (int, float)
+    for field in ("model", "opt", "hyp", "plugin", "optimizer", "best_fitness", "updates", "epoch"):
+        check_structure(entry if field == "model" else ckpt.get(field), f"{path}: field '{field}'",
+                        error=CheckpointError)
     checks = (
         ("model.yaml", entry.get("yaml"), lambda v: isinstance(v, dict)),
-        ("model.state_dict", entry.get("state_dict"), _is_tensor_dict),
-        ("model.names", entry.get("names"), lambda v: v is None or isinstance(v, (dict, list, tuple))),
+        ("model.state_dict", entry.get("state_dict"), lambda v: _is_tensor_dict(v) and len(v) > 0),
         ("model.nc", entry.get("nc"), lambda v: v is None or _valid_nc(v)),
-        ("model.stride", entry.get("stride"),
-         lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(s, number) for s in v))),
+        ("model.stride", entry.get("stride"), lambda v: v is None or _is_stride(v)),
         ("ema", ckpt.get("ema"), lambda v: v is None or _is_tensor_dict(v)),
-        ("epoch", ckpt.get("epoch", -1), lambda v: isinstance(v, int)),
-        ("opt", ckpt.get("opt"), lambda v: v is None or isinstance(v, dict)),
-        ("hyp", ckpt.get("hyp"), lambda v: v is None or isinstance(v, dict)),
+        ("epoch", ckpt.get("epoch", -1), lambda v: _is_int(v, -1)),
+        ("best_fitness", ckpt.get("best_fitness"), lambda v: v is None or _finite_number(v)),
+        ("updates", ckpt.get("updates"), lambda v: v is None or _is_int(v, 0)),
+        ("optimizer", ckpt.get("optimizer"), lambda v: v is None or isinstance(v, dict)),  # layout: on --resume
+        ("opt", ckpt.get("opt"), lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v))),
+        ("hyp", ckpt.get("hyp"), lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v))),
+        ("plugin", ckpt.get("plugin"), lambda v: v is None or isinstance(v, dict)),
     )
     for name, value, ok in checks:
         if not ok(value):
-            raise CheckpointError(f"{path}: malformed checkpoint entry '{name}' ({type(value).__name__})")
+            raise CheckpointError(f"{path}: malformed checkpoint field '{name}' ({type(value).__name__}: "
+                                  f"{str(value)[:60]!r})")
+    if entry.get("names") is not None:
+        entry["names"] = check_names(entry["names"], f"{path}: field 'model.names'", CheckpointError, nc=entry.get("nc"))
+    for field, state in (("model.state_dict", entry["state_dict"]), ("ema", ckpt.get("ema"))):
+        if state is not None:
+            check_tensors(state, f"{path}: field '{field}'")
 
 
 def load_checkpoint(path):

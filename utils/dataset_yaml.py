@@ -12,6 +12,7 @@ from pathlib import Path
 
 from utils.cli import UserError
 from utils.general import LOGGER, ROOT, yaml_load
+from utils.limits import GENERATOR_TIMEOUT_S, MAX_NAMES, check_names
 
 SPLITS = ("train", "val", "test")
 SCRIPTS_DIR = "data/scripts"
@@ -33,17 +34,6 @@ def _resolve_root(path_value, yaml_dir):
         if c.exists():
             return c
     return candidates[-1]
-
-
-def _normalise_names(names, source):
-    if isinstance(names, dict):
-        try:
-            return {int(k): str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: 'names' keys must be integers ({e})") from e
-    if isinstance(names, (list, tuple)):
-        return {i: str(v) for i, v in enumerate(names)}
-    raise ValueError(f"{source}: 'names' must be a list or a dict of class names, got {type(names).__name__}")
 
 
 def _split_paths(value, root):
@@ -83,13 +73,40 @@ def generator_command(download, root, source):
     return [sys.executable, str(ROOT / script), *parts[1:], "--out", str(root)]
 
 
+def _die_with_parent():
+    """In the generator child (Linux): receive SIGKILL when the parent dies, so a killed run leaves nothing behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def run_download(download, root, source):
-    """Generate a missing dataset with a shipped generator (see generator_command); nothing else runs."""
+    """Generate a missing dataset with a shipped generator (see generator_command); nothing else runs.
+
+    The generator bounds its own options (utils.limits.GENERATOR_IMAGES); it runs in its own process group,
+    for at most GENERATOR_TIMEOUT_S, and is killed with this process (interrupt, timeout or kill)."""
     cmd = generator_command(download, root, source)
     LOGGER.info(f"Dataset not found, generating it: {' '.join(cmd)}")
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DatasetDownloadError(f"{source}: generator {cmd[1]} failed:\n{result.stderr[-2000:]}")
+    linux = sys.platform.startswith("linux")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent if linux else None)
+    try:
+        _, err = proc.communicate(timeout=GENERATOR_TIMEOUT_S)
+    except BaseException as e:  # timeout, Ctrl-C, SystemExit: the generator goes with us
+        proc.kill()
+        proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise DatasetDownloadError(f"{source}: generator {cmd[1]} ran past {GENERATOR_TIMEOUT_S} s and was "
+                                       f"stopped") from None
+        raise
+    if proc.returncode != 0:
+        lines = [line for line in err.splitlines() if ": error: " in line] or err.strip().splitlines()[-1:]
+        raise DatasetDownloadError(f"{source}: generator {cmd[1]} failed: {lines[0] if lines else proc.returncode}")
 
 
 def check_dataset(data, autodownload=True):
@@ -115,17 +132,17 @@ def check_dataset(data, autodownload=True):
     for k in ("train", "val"):
         if k not in d:
             raise ValueError(f"{source}: '{k}:' key missing (a dataset YAML needs train, val and names)")
+    nc = d.get("nc")
+    if nc is not None and not (isinstance(nc, int) and not isinstance(nc, bool) and 0 < nc <= MAX_NAMES):
+        raise ValueError(f"{source}: nc={str(nc)[:40]!r} must be a whole number of classes in 1..{MAX_NAMES:,}")
     if "names" not in d:
-        if "nc" in d:
-            d["names"] = [f"class{i}" for i in range(int(d["nc"]))]
-            LOGGER.warning(f"WARNING: {source}: no 'names', using class0..class{int(d['nc']) - 1}")
-        else:
+        if nc is None:
             raise ValueError(f"{source}: 'names:' missing (list the class names, in class-id order)")
-    d["names"] = _normalise_names(d["names"], source)
-    if sorted(d["names"]) != list(range(len(d["names"]))):
-        raise ValueError(f"{source}: 'names' ids must be 0..{len(d['names']) - 1} without gaps")
-    if "nc" in d and int(d["nc"]) != len(d["names"]):
-        raise ValueError(f"{source}: nc={d['nc']} but {len(d['names'])} names are given")
+        d["names"] = [f"class{i}" for i in range(nc)]
+        LOGGER.warning(f"WARNING: {source}: no 'names', using class0..class{nc - 1}")
+    d["names"] = check_names(d["names"], f"{source}: 'names'", error=ValueError)
+    if nc is not None and nc != len(d["names"]):
+        raise ValueError(f"{source}: nc={nc} but {len(d['names'])} names are given")
     d["nc"] = len(d["names"])
 
     root = _resolve_root(d.get("path") or ".", yaml_dir)

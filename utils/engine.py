@@ -19,17 +19,18 @@ from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.general import (LOGGER, check_img_size, colorstr, init_seeds, labels_to_class_weights,
                            labels_to_image_weights, yaml_load, yaml_save)
-from utils.cli import UserError
+from utils.checkpoint import CheckpointError
+from utils.cli import OptionError, UserError
 from utils.ddp_sync import average_grads, broadcast_modules
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, nonfinite_entries
-from utils.optim import ModelEMA, apply_warmup, lr_lambda, smart_optimizer, warmup_iters
+from utils.optim import ModelEMA, apply_warmup, lr_lambda, restore_optimizer, smart_optimizer, warmup_iters
 from utils.options import check_hyp, check_train_options
 from utils.results_log import append_row, drop_rows_from
 from utils.stopping import EarlyStopping, TimeBudget
 from utils.torch_utils import fused_copy
 from utils.plugins import Plugin, Plugins  # noqa: F401 - Plugin is part of the engine interface
-from utils.resume import resume_run
+from utils.resume import restore_state, resume_run
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 RANK = int(os.getenv("RANK", -1))
@@ -232,12 +233,12 @@ class Trainer:
         ck = self.resume_ckpt
         if ck is not None:
             if ck.get("optimizer") is not None:
-                self.optimizer.load_state_dict(ck["optimizer"])
+                restore_state(opt.weights, "optimizer", lambda: restore_optimizer(self.optimizer, ck["optimizer"]))
             self.best_fitness = ck.get("best_fitness") or 0.0
             if self.ema is not None and ck.get("ema") is not None:
-                self.ema.ema.load_state_dict(ck["ema"])
+                restore_state(opt.weights, "ema", lambda: self.ema.ema.load_state_dict(ck["ema"]))
                 self.ema.updates = int(ck.get("updates") or 0)
-            self.plugins.load_state_dict(ck.get("plugin"))
+            restore_state(opt.weights, "plugin", lambda: self.plugins.load_state_dict(ck.get("plugin")))
             self.start_epoch = int(ck["epoch"]) + 1
             if self.start_epoch <= 0 or self.start_epoch >= self.epochs:
                 raise ValueError(f"{opt.weights}: training to {self.epochs} epochs is already done "
@@ -274,7 +275,12 @@ class Trainer:
         if opt.resume:  # the one read of last.pt: options, hyp, then weights and state below
             self.resume_ckpt, self.hyp_in = resume_run(opt, self.plugins.items)
         self.save_dir = Path(opt.save_dir)
-        check_train_options(opt)
+        try:
+            check_train_options(opt)
+        except OptionError as e:
+            if opt.resume:  # the values came from last.pt, not from this command line
+                raise CheckpointError(f"{opt.weights}: a saved option is out of range: {e}") from None
+            raise
         self._load_hyp()
         self._setup_device()
         self.epochs = opt.epochs

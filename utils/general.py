@@ -88,12 +88,16 @@ def init_seeds(seed=0, deterministic=False):
 
 def yaml_load(file):
     """Read a YAML file into a dict, naming the file in any error."""
+    from utils.limits import check_structure
+
     file = Path(file)
     try:
         with open(file, errors="ignore") as f:
-            return yaml.safe_load(f) or {}
+            d = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{file}: not valid YAML ({e})") from e
+    check_structure(d, str(file))  # aliases can make a few hundred bytes stand for billions of nodes
+    return d
 
 
 def yaml_save(file, data):

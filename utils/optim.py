@@ -132,3 +132,21 @@ class ModelEMA:
             if (include and k not in include) or k.startswith("_") or k in exclude:
                 continue
             setattr(self.ema, k, v)
+
+
+def restore_optimizer(optimizer, state):
+    """optimizer.load_state_dict(state), then check that every saved per-parameter tensor (momentum, Adam's
+    moments) has its parameter's shape and is finite: torch would only fail (or train on garbage) at the
+    first step. Raises ValueError naming the parameter group."""
+    optimizer.load_state_dict(state)
+    for g, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            for name, v in optimizer.state.get(p, {}).items():
+                if v is None:
+                    continue
+                if not isinstance(v, torch.Tensor):
+                    if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                        raise ValueError(f"group {g}: state '{name}' is {v!r}")
+                elif v.dim() and v.shape != p.shape or v.is_floating_point() and not torch.isfinite(v).all():
+                    raise ValueError(f"group {g}: state '{name}' of shape {tuple(v.shape)} for a parameter of "
+                                     f"shape {tuple(p.shape)}, or not finite")

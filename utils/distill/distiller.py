@@ -272,6 +272,10 @@ class Distiller(Plugin):
     def load_state_dict(self, state):
         if not state:
             return
+        adapters = state.get("adapters") if isinstance(state, dict) else None
+        if not isinstance(state, dict) or not (adapters is None or (isinstance(adapters, dict) and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in adapters.items()))):
+            raise ValueError("the KD state must be {'adapters': {name: tensor} or None, ...}")
         if self.teacher is None:  # before setup: applied once the adapters exist
             self._pending_state = state
             return
