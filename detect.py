@@ -23,12 +23,15 @@ from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.cli import OptionError, add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
+from utils.options import check_classes, check_detect_options  # noqa: E402
+from utils.run_dirs import OutputError, imwrite, make_dir, writing  # noqa: E402
 from utils.torch_utils import Timer, select_device  # noqa: E402
 from utils.plots import Annotator, colors, detections_line, save_one_box  # noqa: E402
 
 
 class _VideoSink:
-    """One cv2.VideoWriter per output path (mp4), reopened when the source video changes."""
+    """One cv2.VideoWriter per output path (mp4), reopened when the source video changes; OutputError naming
+    the file when cv2 cannot open it (cv2 does not raise: its writer would drop every frame silently)."""
 
     def __init__(self):
         self.path, self.writer = None, None
@@ -38,9 +41,12 @@ class _VideoSink:
             self.release()
             fps = cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0
             h, w = frame.shape[:2]
-            self.path = path
-            self.writer = cv2.VideoWriter(str(Path(path).with_suffix(".mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
-                                          fps if fps and fps > 0 else 30, (w, h))
+            self.path, out = path, Path(path).with_suffix(".mp4")
+            self.writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps if fps and fps > 0 else 30,
+                                          (w, h))
+            if not self.writer.isOpened():
+                raise OutputError(out, "cv2.VideoWriter cannot open it (read-only or missing folder, full disk, "
+                                       "or no mp4v encoder)")
         self.writer.write(frame)
 
     def release(self):
@@ -63,13 +69,13 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
         raise OptionError(f"--source {source}: webcam/stream input is not supported in this build "
                                   f"(use image, folder, glob, .txt list or video files)")
     save_img = not nosave and not source.endswith(".txt")
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-
     device = select_device(device)
     weights = [weights] if isinstance(weights, (str, Path)) else list(weights)
     model = Ensemble(weights, device, half, cfg=cfg)
     stride, names, pt = model.stride, model.names, model.pt
+    check_classes(classes, len(names))
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # once the weights and --classes are good
+    make_dir(save_dir / "labels" if save_txt else save_dir)
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     imgsz = check_img_size(imgsz, s=stride)
     dataset = LoadImages(source, img_size=tuple(imgsz), stride=stride, auto=pt, vid_stride=vid_stride)
@@ -116,7 +122,7 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
                 if save_crop:
                     save_one_box(xyxy, imc, save_dir / "crops" / label_name / f"{p.stem}.jpg")
             if txt_lines:
-                with open(f"{txt_path}.txt", "a") as f:
+                with writing(f"{txt_path}.txt"), open(f"{txt_path}.txt", "a") as f:
                     f.writelines(txt_lines)
         im0 = annotator.result()
         if view_img:
@@ -126,11 +132,11 @@ def run(weights=ROOT / "yolov5s.pt", source="data/images", data=None, imgsz=(640
             if is_video:
                 sink.write(str(save_path), im0, cap)
             else:
-                cv2.imwrite(str(save_path), im0)
+                imwrite(save_path, im0)
         LOGGER.info(f"{s}{'' if len(det) else '(no detections), '}{t_inf * 1e3:.1f}ms")
     sink.release()
     if save_csv:
-        with open(csv_path, "w", newline="") as f:
+        with writing(csv_path), open(csv_path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(("Image Name", "Prediction", "Confidence"))
             w.writerows(csv_rows)
@@ -179,6 +185,7 @@ def parse_opt(argv=None):
 
 
 def main(opt):
+    check_detect_options(opt)
     return run(**vars(opt))
 
 

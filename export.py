@@ -26,35 +26,9 @@ from utils.checkpoint import load_model  # noqa: E402
 from utils.deploy.onnx_export import DEFAULT_OPSET, DecodedOutput, export_onnx  # noqa: E402
 from utils.cli import OptionError, add_cfg_argument  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr  # noqa: E402
+from utils.options import EXPORT_FORMATS, check_export_options  # noqa: E402
 
-MAX_OPSET = 21
-
-
-FORMATS = ("torchscript", "onnx", "openvino")  # upstream's --include names (the ones this repo writes)
-
-
-def check_export_options(include, imgsz, batch_size, opset, int8, data, half, calib_images):
-    """Refuse option combinations that cannot work, in one line naming the option."""
-    unknown = [x for x in include if x not in FORMATS]
-    if unknown:
-        raise OptionError(f"--include {' '.join(unknown)}: unsupported format(s); choose from {', '.join(FORMATS)}")
-    if not include:
-        raise OptionError(f"--include: name at least one format ({', '.join(FORMATS)})")
-    if len(imgsz) not in (1, 2) or any(x <= 0 for x in imgsz):
-        raise OptionError(f"--imgsz {' '.join(map(str, imgsz))}: one or two positive sizes (h w)")
-    if batch_size < 1:
-        raise OptionError(f"--batch-size {batch_size}: must be >= 1")
-    if int8 and calib_images < 1:
-        raise OptionError(f"--calib-images {calib_images}: must be >= 1")
-    if not 11 <= opset <= MAX_OPSET:
-        raise OptionError(f"--opset {opset}: must be in 11..{MAX_OPSET}")
-    if int8:
-        if not data:
-            raise OptionError("--int8 needs --data: its train images calibrate the quantization")
-        if not {"onnx", "openvino"} & set(include):
-            raise OptionError("--int8 quantizes the onnx and openvino exports: add --include onnx and/or openvino")
-        if half:
-            raise OptionError("--int8 and --half are exclusive: choose one")
+FORMATS = EXPORT_FORMATS  # upstream's --include names (the ones this repo writes)
 
 
 def run(weights="yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu", include=("onnx",), half=False,
@@ -64,7 +38,8 @@ def run(weights="yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu", incl
 
     t0 = time.time()
     include = [x.lower() for x in include]
-    check_export_options(include, list(imgsz), batch_size, opset, int8, data, half, calib_images)
+    check_export_options(dict(include=include, imgsz=list(imgsz), batch_size=batch_size, opset=opset, int8=int8,
+                              data=data, half=half, calib_images=calib_images, device=device, weights=weights))
     weights = Path(weights)
     device = torch.device("cuda:0" if str(device).isdigit() else device)
     if half and device.type != "cuda":

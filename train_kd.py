@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
 import train  # noqa: E402
 from utils.distill.config import KDConfig, add_kd_args, check_teacher  # noqa: E402
 from utils.general import LOGGER, ROOT as REPO  # noqa: E402
+from utils.options import check_train_options  # noqa: E402
 from utils.unlabeled import check_semi_options  # noqa: E402
 
 
@@ -37,7 +38,8 @@ def main(opt):
     gives the Distiller the interrupted run's KD options)."""
     from utils.distill.distiller import Distiller
 
-    cfg = KDConfig.from_opt(opt)  # a bad --feat / --beta fails here, before any data is read
+    check_train_options(opt)  # train.py's options first (train.main checks them again: cheap)
+    cfg = KDConfig.from_opt(opt)  # a bad --feat / --beta / --alpha fails here, before any data is read
     if not opt.resume:
         check_teacher(cfg.teacher_weight)
         if cfg.unlabeled:

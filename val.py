@@ -21,6 +21,8 @@ if str(ROOT) not in sys.path:
 from utils.evaluation import validate_weights as run  # noqa: E402  (upstream's name: val.run)
 from utils.cli import add_cfg_argument  # noqa: E402
 from utils.general import LOGGER  # noqa: E402
+from utils.options import check_val_options  # noqa: E402
+from utils.run_dirs import make_dir, writing  # noqa: E402
 
 
 def parse_opt(argv=None):
@@ -65,18 +67,20 @@ def study(opt):
             r, _, t = run(**{**vars(opt), "weights": w, "imgsz": size, "plots": False})
             rows.append([size, *r, *t])
         rows = np.array(rows)
-        f = Path(opt.project) / f"study_{Path(opt.data).stem}_{Path(w).stem}.txt"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(f, rows, fmt="%10.4g")
+        f = make_dir(opt.project) / f"study_{Path(opt.data).stem}_{Path(w).stem}.txt"
+        with writing(f):
+            np.savetxt(f, rows, fmt="%10.4g")
         ax[0].plot(rows[:, 0], rows[:, 4], ".-", label=Path(w).stem)
         ax[1].plot(rows[:, 9], rows[:, 4], ".-", label=Path(w).stem)
     ax[0].set(xlabel="image size", ylabel="mAP50-95")
     ax[1].set(xlabel="inference ms/img", ylabel="mAP50-95")
     ax[0].legend()
-    fig.savefig(Path(opt.project) / "study.png", dpi=200)
+    with writing(Path(opt.project) / "study.png") as f:
+        fig.savefig(f, dpi=200)
 
 
 def main(opt):
+    check_val_options(opt)
     if opt.task in ("train", "val", "test"):
         if opt.conf_thres > 0.001:
             LOGGER.info(f"WARNING: confidence threshold {opt.conf_thres} > 0.001 produces invalid results")

@@ -2,8 +2,10 @@
 non-zero exit, never a Python traceback. Set YOLOV5KD_TRACEBACK=1 (or pass --verbose-errors) to see it.
 
 Library code raises ``UserError`` (or one of its subclasses) for anything the user can fix; the
-classic ``FileNotFoundError`` / ``PermissionError`` / ``ValueError`` raised on bad input count too.
-Anything else is a bug and keeps its traceback.
+classic ``FileNotFoundError`` / ``PermissionError`` / ``ValueError`` raised on bad input count too, and so
+does any other ``OSError`` that names its path (e.filename: a read-only or full disk under --project;
+writes of our outputs go through utils.run_dirs.writing, which names the path). An OSError naming no path,
+and anything else, is a bug and keeps its traceback.
 """
 
 import os
@@ -37,15 +39,23 @@ def add_cfg_argument(parser):
     return parser
 
 
+def is_user_error(e):
+    """One of USER_ERRORS, or an OSError that names its path (the one line then says which file)."""
+    return isinstance(e, USER_ERRORS) or (isinstance(e, OSError) and e.filename not in (None, ""))
+
+
 def _show_traceback(argv):
     return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0") or TRACEBACK_FLAG in argv
 
 
 def error_message(e):
-    """One line for the user: the message (which names the file), else the exception's class name."""
+    """One line for the user: the message (which names the file), else the exception's class name; an
+    OSError's path (and its second path, of a rename) is added when the message lacks it."""
     text = str(e).strip() or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{e.filename}: {text}"
+    if isinstance(e, OSError):
+        for name in (e.filename2, e.filename):
+            if name not in (None, "") and str(name) not in text:
+                text = f"{name}: {text}"
     return " ".join(text.split("\n")[0].split()) if len(text) > 2000 else text
 
 
@@ -64,8 +74,8 @@ def run_cli(main, parse_opt, prog, argv=None, echo=None):
 
             print_args(opt, echo)
         return main(opt)
-    except USER_ERRORS as e:
-        if verbose:
+    except (*USER_ERRORS, OSError) as e:
+        if verbose or not is_user_error(e):
             raise
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         print(f"{prog}: (set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)

@@ -3,6 +3,7 @@ results.csv plots and run comparison (also a CLI: python utils/plots.py --compar
 
 import argparse
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from utils.boxes import xywh2xyxy, xyxy2xywh
 from utils.general import LOGGER
 from utils.metrics import smooth
+from utils.run_dirs import imwrite, make_dir, writing
 
 
 def _plt():
@@ -27,6 +29,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, file, dpi):
+    """fig.savefig(file) through memory (matplotlib does not report every failed write of a path, a full
+    disk for one): a failed write is an OutputError naming the file (utils.run_dirs.writing)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(file).suffix[1:].lower() or None)
+    with writing(file), open(file, "wb") as f:
+        f.write(buf.getbuffer())
+    return Path(file)
 
 
 class Colors:
@@ -102,8 +114,8 @@ def save_one_box(xyxy, im, file=Path("im.jpg"), gain=1.02, pad=10, square=False,
     crop = im[y1:y2, x1:x2]
     if save and crop.size:
         file = Path(file)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(file), crop)
+        make_dir(file.parent)
+        imwrite(file, crop)
     return crop
 
 
@@ -172,16 +184,15 @@ def plot_images(images, targets, paths=None, fname="images.jpg", names=None, max
                 name = _class_name(names, cls)
                 label = name if conf is None else f"{name} {conf:.1f}"
                 annotator.box_label(box, label, color=colors(cls))
-    Path(fname).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(fname), cv2.cvtColor(annotator.result(), cv2.COLOR_RGB2BGR))
+    make_dir(Path(fname).parent)
+    imwrite(fname, cv2.cvtColor(annotator.result(), cv2.COLOR_RGB2BGR))
     return Path(fname)
 
 
 def plot_labels(labels, names=(), save_dir=Path("")):
     """labels (n, 5) [cls, xc, yc, w, h] normalised -> labels.jpg and labels_correlogram.jpg."""
     plt = _plt()
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    save_dir = make_dir(save_dir)
     labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
     c, b = labels[:, 0].astype(int), labels[:, 1:]
     nc = int(c.max() + 1) if len(c) else 0
@@ -200,7 +211,7 @@ def plot_labels(labels, names=(), save_dir=Path("")):
                 a.set_xlabel(cols[j])
             if j == 0:
                 a.set_ylabel(cols[i])
-    fig.savefig(save_dir / "labels_correlogram.jpg", dpi=200)
+    save_figure(fig, save_dir / "labels_correlogram.jpg", 200)
     plt.close(fig)
 
     fig, ax = plt.subplots(2, 2, figsize=(8, 8), tight_layout=True)
@@ -224,7 +235,7 @@ def plot_labels(labels, names=(), save_dir=Path("")):
     ax[1, 1].hist2d(b[:, 2], b[:, 3], bins=50, cmap="Blues")
     ax[1, 1].set_xlabel("width")
     ax[1, 1].set_ylabel("height")
-    fig.savefig(save_dir / "labels.jpg", dpi=200)
+    save_figure(fig, save_dir / "labels.jpg", 200)
     plt.close(fig)
 
 
@@ -241,7 +252,7 @@ def plot_pr_curve(px, py, ap, save_file=Path("pr_curve.png"), names=None):
         ax.plot(px, py.mean(1), linewidth=3, color="blue", label=f"all classes {ap[:, 0].mean():.3f} mAP@0.5")
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(save_file, dpi=250)
+    save_figure(fig, save_file, 250)
     plt.close(fig)
 
 
@@ -257,7 +268,7 @@ def plot_mc_curve(px, py, save_file=Path("mc_curve.png"), names=None, xlabel="Co
         ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}")
     ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{ylabel}-Confidence Curve")
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(save_file, dpi=250)
+    save_figure(fig, save_file, 250)
     plt.close(fig)
 
 
@@ -295,7 +306,7 @@ def plot_confusion_matrix(matrix, normalize=True, save_file=Path("confusion_matr
     ax.set_xlabel("True")
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion Matrix")
-    fig.savefig(save_file, dpi=250)
+    save_figure(fig, save_file, 250)
     plt.close(fig)
     return Path(save_file)
 
@@ -335,7 +346,7 @@ def plot_results(file="results.csv", dir=""):
     for a in list(ax.flat)[len(cols):]:
         a.axis("off")
     out = file.with_name("results.png")
-    fig.savefig(out, dpi=200)
+    save_figure(fig, out, 200)
     plt.close(fig)
     return out
 
@@ -367,8 +378,8 @@ def compare_runs(run_dirs, columns, out="compare.png", labels=None, csv_name="re
     for a, col in zip(axes, columns):
         a.set(title=col, xlabel="epoch")
         a.legend()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
+    make_dir(Path(out).parent)
+    save_figure(fig, out, 150)
     return fig, axes
 
 

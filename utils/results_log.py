@@ -4,13 +4,15 @@ trained again are dropped first, so a crash between the row and last.pt never du
 import os
 from pathlib import Path
 
+from utils.run_dirs import writing
+
 
 def append_row(file, keys, epoch, values):
     """Append one epoch row (header first when the file is new)."""
     file = Path(file)
     n = len(keys) + 1
     header = "" if file.exists() else (("%20s," * n % ("epoch", *keys)).rstrip(",") + "\n")
-    with open(file, "a") as f:
+    with writing(file), open(file, "a") as f:
         f.write(header + ("%20.5g," * n % (epoch, *values)).rstrip(",") + "\n")
 
 
@@ -33,6 +35,7 @@ def drop_rows_from(file, epoch):
     dropped = len([ln for ln in lines[1:] if ln.strip()]) - (len(keep) - 1)
     if dropped:
         tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, file)
+        with writing(file):
+            tmp.write_text("".join(keep))
+            os.replace(tmp, file)
     return dropped

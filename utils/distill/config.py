@@ -7,10 +7,22 @@ from pathlib import Path
 
 from utils.cli import OptionError, UserError
 from utils.general import LOGGER
+from utils.options import Rule, check_options, real
 from utils.unlabeled import FROM_DATA
 
 from .features import FEATURE_LOSSES, feature_options
 from .losses import KD_CLS_TYPES
+from .pairing import parse_kd_layers
+
+KD_RULES = (
+    Rule("temperature", "--temperature", real(0, above=True), "a finite number > 0 (softmax temperature)"),
+    Rule("alpha", "--alpha", real(0), "a finite number >= 0 (weight of the output distillation loss)"),
+    Rule("unlabeled_ratio", "--unlabeled-ratio", real(0, 64, above=True),
+         "in (0, 64] (unlabeled images per labeled image)"),
+)
+BETA_VALID = "a finite number >= 0 (weight of the feature loss)"
+OPTION_RULES = {"bg_weight": (real(0, 1), "a number in [0, 1] (background weight; GT cells get 1 - it)")}
+ANY_FINITE = (real(-float("inf")), "a finite number")  # a registered option without a declared range
 
 
 def parse_feats(feat):
@@ -95,12 +107,21 @@ class KDConfig:
         self.kd_layers = self.kd_layers or None
         self.unlabeled = str(self.unlabeled) if self.unlabeled else None
         self.unlabeled_ratio = float(self.unlabeled_ratio)
-        if not 0 < self.unlabeled_ratio <= 64:
-            raise OptionError(f"--unlabeled-ratio must be in (0, 64] (unlabeled images per labeled image), "
-                              f"got {self.unlabeled_ratio:g}")
+        self.check()
         if self.unlabeled and not (self.kd or self.feat):
             raise OptionError("--unlabeled needs a KD loss: unlabeled images only get the KD losses "
                               "(drop --no-kd or select --feat)")
+
+    def check(self):
+        """Refuse values that cannot work (NaN, inf, --temperature 0, a negative weight) naming the flag."""
+        check_options(vars(self), KD_RULES)
+        bad = [f"{n}={b:g}" for n, b in self.betas.items() if not real(0)(b)]
+        if bad:
+            raise OptionError(f"--beta {' '.join(bad)}: must be {BETA_VALID}")
+        check_options(self.options, [Rule(name, f"--{name.replace('_', '-')}", *OPTION_RULES.get(name, ANY_FINITE))
+                                     for name in self.options])
+        if self.kd_layers:
+            parse_kd_layers(self.kd_layers)  # its syntax now; the layer indices once the models are built
 
     @classmethod
     def from_opt(cls, opt):
