@@ -70,6 +70,7 @@ def tiny_world(root):
     data_yaml.write_text(yaml.safe_dump({"path": str(data), "train": "images/train", "val": "images/val",
                                          "names": ["a", "b", "c", "d", "e", "f"]}))
     model = tiny_model()
+    model.names = dict(enumerate("abcdef"))
     weights = save_checkpoint(make_checkpoint(model), root / "clean.pt")
     return {"dir": root, "data_dir": data, "data": data_yaml, "weights": weights, "model": model,
             "image": next((data / "images" / "val").glob("*.jpg"))}

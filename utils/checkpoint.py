@@ -17,6 +17,7 @@ from models.yolo import UNTRUSTED_LIMITS
 from utils.cli import UserError
 from utils.general import LOGGER, names_dict
 from utils.limits import check_names, check_structure
+from utils.run_dirs import OutputError, writing
 from utils.torch_utils import de_parallel
 from utils.upstream import (FORMAT, UpstreamCheckpointError, check_zip_archive, is_upstream_pickle,
                             load_upstream, to_plain)
@@ -30,19 +31,22 @@ class CheckpointError(UserError, ValueError):
 def save_checkpoint(ckpt, path):
     """torch.save ``ckpt`` to ``path`` atomically: write a temp file in the same folder, then os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+            raise OutputError(path, str(e).strip().splitlines()[0][:200] if str(e).strip() else "write failed") from e
         raise
     return path
 

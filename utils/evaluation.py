@@ -19,6 +19,7 @@ from utils.coco import coco_predictions, save_coco_json
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, increment_path
 from utils.metrics import ConfusionMatrix, ap_curves, match_predictions, operating_point
 from utils.nms import non_max_suppression
+from utils.run_dirs import writing
 from utils.torch_utils import Timer, select_device
 
 TABLE_FMT = "%22s" + "%11i" * 2 + "%11.3g" * 4
@@ -39,7 +40,7 @@ def save_one_txt(predn, save_conf, shape, file):
     gn = torch.tensor(shape, dtype=torch.float32)[[1, 0, 1, 0]]
     xywh = xyxy2xywh(predn[:, :4].float().cpu()) / gn
     rows = torch.cat((predn[:, 5:6].cpu(), xywh) + ((predn[:, 4:5].cpu(),) if save_conf else ()), 1).tolist()
-    with open(file, "a") as f:
+    with writing(file), open(file, "a") as f:
         f.writelines(" ".join(f"{v:g}" for v in r) + "\n" for r in rows)
 
 

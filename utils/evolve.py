@@ -16,6 +16,7 @@ import numpy as np
 from utils.cli import OptionError
 from utils.general import LOGGER, yaml_save
 from utils.metrics import fitness
+from utils.run_dirs import writing
 
 RESULT_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
                   "val/box_loss", "val/obj_loss", "val/cls_loss")
@@ -87,7 +88,7 @@ def append_row(csv, genes, results, values):
     keys = [*RESULT_COLUMNS, *(g.name for g in genes)]
     text = "" if csv.is_file() else ("%20s," * len(keys) % tuple(keys)).rstrip(",") + "\n"
     text += ("%20.5g," * len(keys) % tuple([*results, *values])).rstrip(",") + "\n"
-    with open(csv, "a") as f:
+    with writing(csv), open(csv, "a") as f:
         f.write(text)
 
 
@@ -105,7 +106,8 @@ def write_best(save_dir, genes, population, base_hyp):
             f"fitness {fit[i]:.5f} (mAP50 {population[i, 2]:.4g}, mAP50-95 {population[i, 3]:.4g})\n")
     if extra:
         head += "# KD genes of that generation: " + " ".join(f"{k}={v:g}" for k, v in extra.items()) + "\n"
-    path.write_text(head + path.read_text())
+    with writing(path):
+        path.write_text(head + path.read_text())
     return path
 
 

@@ -102,8 +102,10 @@ def yaml_load(file):
 
 def yaml_save(file, data):
     """Write a dict as YAML, turning Paths into strings."""
+    from utils.run_dirs import writing
+
     clean = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-    with open(file, "w") as f:
+    with writing(file), open(file, "w") as f:
         yaml.safe_dump(clean, f, sort_keys=False)
 
 

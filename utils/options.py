@@ -24,6 +24,7 @@ REQUIRED_HYP = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warm
 AUGMENT_HYP = ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
                "fliplr", "mosaic", "mixup", "copy_paste")  # read with a default of 0 when absent
 CACHE_CHOICES = ("ram", "disk", "val")
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
 VAL_TASKS = ("train", "val", "test", "speed", "study")
 
 MAX_IMGSZ = 8192  # pixels per image side (a multiple of every model stride; 8192^2 x 3 floats is 0.8 GB per image)
@@ -103,6 +104,7 @@ THRESHOLDS = (Rule("conf_thres", "--conf-thres", real(0, 1), "a number in [0, 1]
 
 TRAIN_RULES = (
     Rule("epochs", "--epochs", whole(1), "at least 1"),
+    Rule("optimizer", "--optimizer", one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}"),
     Rule("batch_size", "--batch-size", lambda v: _is_int(v) and (v >= 1 or v == -1), "at least 1, or -1 for AutoBatch"),
     Rule("imgsz", "--imgsz", whole(1, MAX_IMGSZ), IMGSZ_VALID),
     WORKERS,
@@ -194,6 +196,20 @@ def check_export_options(opt):
             refuse_folder_in_the_way(Path(opt["weights"]).with_suffix(EXPORT_FILES[fmt]))
 
 
+_PROBABILITY = (real(0, 1), "a number in [0, 1]")
+HYP_RULES = tuple(Rule(k, k, test, valid) for k, test, valid in (  # the ranges in which each key means something
+    ("lr0", real(0, above=True), "a positive learning rate"), ("lrf", real(0, above=True), "a positive fraction"),
+    ("momentum", real(0, 1), "a number in [0, 1]"), ("weight_decay", real(0), "0 or more"),
+    ("warmup_epochs", real(0), "0 or more epochs"), ("warmup_momentum", real(0, 1), "a number in [0, 1]"),
+    ("warmup_bias_lr", real(0), "0 or more"), ("box", real(0), "0 or more"), ("cls", real(0), "0 or more"),
+    ("obj", real(0), "0 or more"), ("cls_pw", real(0, above=True), "positive"), ("obj_pw", real(0, above=True), "positive"),
+    ("iou_t", real(0, 1), "a number in [0, 1]"), ("anchor_t", real(1), "a box/anchor ratio of at least 1"),
+    ("fl_gamma", real(0), "0 (off) or more"), ("degrees", real(0, 180), "0..180 degrees"),
+    ("translate", real(0, 1), "a fraction in [0, 1]"), ("scale", real(0, 1), "a gain in [0, 1]"),
+    ("shear", real(0, 180), "0..180 degrees"), ("perspective", real(0, 0.1), "a number in [0, 0.1]"),
+    *((k, *_PROBABILITY) for k in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "copy_paste"))))
+
+
 def check_hyp(hyp, source="hyp"):
     """Refuse a hyp dict without the training keys (all named at once) or with non-numeric values."""
     if not isinstance(hyp, dict):
@@ -210,6 +226,7 @@ def check_hyp(hyp, source="hyp"):
         raise OptionError(f"--hyp {source}: nbs={hyp['nbs']!r} must be a whole number of images, at least 1")
     if "nonfinite_limit" in hyp and hyp["nonfinite_limit"] < 1:
         raise OptionError(f"--hyp {source}: nonfinite_limit={hyp['nonfinite_limit']} must be at least 1")
+    check_options(hyp, [r._replace(flag=f"--hyp {source}: {r.dest}") for r in HYP_RULES])
     absent = [k for k in AUGMENT_HYP if k not in hyp]
     if absent:
         LOGGER.warning(f"WARNING: --hyp {source}: no {', '.join(absent)}; treated as 0 (augmentation off)")

@@ -10,9 +10,9 @@ import json
 import math
 
 from utils.checkpoint import CheckpointError
+from utils.limits import check_names as limited_names
 
 MAX_NAMES = 10_000  # classes
-MAX_NAME_CHARS = 200
 MAX_TEXT = 1_000_000  # bytes of a metadata field or file
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -53,18 +53,10 @@ def check_stride(value, source):
 
 
 def check_names(value, source):
-    if isinstance(value, (list, tuple)):
-        value = dict(enumerate(value))
-    if isinstance(value, dict):  # JSON and YAML files may spell the class ids as strings
-        value = {int(k) if isinstance(k, str) and k.isdigit() and len(k) < 6 else k: v for k, v in value.items()}
-    if not isinstance(value, dict) or not 0 < len(value) <= MAX_NAMES:
-        raise CheckpointError(f"{source}: metadata 'names' must be a dict or list of 1..{MAX_NAMES} class names")
-    if sorted(value) != list(range(len(value))) or any(type(k) is not int for k in value):
-        raise CheckpointError(f"{source}: metadata 'names' keys must be the class ids 0..{len(value) - 1}")
-    bad = [v for v in value.values() if not isinstance(v, str) or len(v) > MAX_NAME_CHARS]
-    if bad:
-        raise CheckpointError(f"{source}: metadata 'names' has a value that is not a short string: {str(bad[0])[:40]!r}")
-    return {k: value[k] for k in sorted(value)}
+    """Class names of an artifact -> {0: str, ...} (utils.limits.check_names: ids 0..n-1, short strings)."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > MAX_NAMES:
+        raise CheckpointError(f"{source}: metadata 'names' holds {len(value)} classes (limit {MAX_NAMES})")
+    return limited_names(value, f"{source}: metadata 'names'", error=CheckpointError)
 
 
 def read_metadata(meta, source):

@@ -17,6 +17,7 @@ import torch
 
 from utils.checkpoint import CheckpointError
 from utils.deploy.metadata import MAX_TEXT, read_metadata
+from utils.run_dirs import OutputError
 
 CONFIG = "config.txt"
 MAX_SOURCE = 50_000_000  # bytes of TorchScript source in one archive
@@ -44,7 +45,10 @@ def export_torchscript(model, im, file, meta):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about shape-dependent branches
         ts = torch.jit.trace(DecodedOutput(model).eval(), im, strict=False, check_trace=False)
-    ts.save(str(file), _extra_files={CONFIG: json.dumps(meta)})
+    try:
+        ts.save(str(file), _extra_files={CONFIG: json.dumps(meta)})
+    except RuntimeError as e:  # torch's writer reports a full disk or an unwritable folder so, not as OSError
+        raise OutputError(file, str(e).strip().splitlines()[0][:200] if str(e).strip() else "write failed") from e
     return Path(file)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from utils.general import LOGGER, colorstr
+from utils.run_dirs import writing
 
 STEPS = 3  # training steps averaged
 LOW, HIGH = 0.01, 10.0  # healthy ratio band to the detection gradient
@@ -86,5 +87,6 @@ class KDHealth:
                 LOGGER.info(line)
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
-            (Path(save_dir) / "kd_health.json").write_text(json.dumps(summary, indent=2))
+            with writing(Path(save_dir) / "kd_health.json") as f:
+                f.write_text(json.dumps(summary, indent=2))
         return summary
