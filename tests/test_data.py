@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from utils import label_files
+from utils import label_cache
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.dataloaders import LoadImages, create_dataloader, img2label_paths
 from utils.dataset_yaml import check_dataset
@@ -184,8 +184,8 @@ def test_background_workers_run_at_the_lowest_priority(tiny_synthetic):
 
 def test_label_cache_never_written_into_read_only_folder(tmp_path, monkeypatch):
     data = make_synthetic(tmp_path / "shared" / "syn", n_train=4, n_val=1)
-    monkeypatch.setattr(label_files, "SHARED_DIR", (tmp_path / "shared").resolve())  # pretend it is ../shared
-    monkeypatch.setattr(label_files, "ROOT", tmp_path / "repo")
+    monkeypatch.setattr(label_cache, "SHARED_DIR", (tmp_path / "shared").resolve())  # pretend it is ../shared
+    monkeypatch.setattr(label_cache, "ROOT", tmp_path / "repo")
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     for _ in range(2):  # second time from the redirected cache
         create_dataloader(data / "images" / "train", 64, 2, 32, workers=0, cache="disk")
@@ -197,7 +197,7 @@ def test_label_cache_never_written_into_read_only_folder(tmp_path, monkeypatch):
 def test_label_cache_respects_missing_write_bits_even_as_root(tmp_path, monkeypatch):
     """A copy of ../shared elsewhere (or behind a symlink) has no write bits: root must not write there either."""
     data = make_synthetic(tmp_path / "copy" / "syn", n_train=4, n_val=1)
-    monkeypatch.setattr(label_files, "ROOT", tmp_path / "repo")
+    monkeypatch.setattr(label_cache, "ROOT", tmp_path / "repo")
     folders = [p for p in [data, *data.rglob("*")] if p.is_dir()]
     for p in folders:
         p.chmod(0o555)

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from utils.augmentations import augment_hsv, copy_paste, letterbox, mixup, random_perspective
 from utils.boxes import xyn2xy, xywhn2xyxy, xyxy2xywhn
 from utils.general import LOGGER, NUM_THREADS, ROOT, yaml_load
-from utils.image_io import IMG_FORMATS, VID_FORMATS, imread  # noqa: F401  (re-exported)
-from utils import label_files
+from utils.image_io import IMG_FORMATS, VID_FORMATS, imread, read_image, size_problem  # noqa: F401  (re-exported)
+from utils import label_cache, label_files
 from utils.label_files import img2label_paths, list_image_files, load_labels  # noqa: F401
 from utils.sources import LoadImages  # noqa: F401  (re-exported for detect.py)
 
@@ -51,21 +51,34 @@ def npy_cache_paths(im_files):
             continue
         if f.parent not in folders:
             own = f.parent / NPY_DIR
-            ok = label_files.writable(f.parent) or label_files.writable(own)
-            folders[f.parent] = own if ok else label_files.fallback_cache_dir("npy", f.parent)
+            ok = label_cache.writable(f.parent) or label_cache.writable(own)
+            folders[f.parent] = own if ok else label_cache.fallback_cache_dir("npy", f.parent)
         out.append(folders[f.parent] / f"{f.name}.{st.st_size}-{st.st_mtime_ns}.npy")
     return out
 
 
-def read_npy_cache(f):
-    """The cached image array, or None when absent or unreadable (then the image is read instead)."""
+def read_npy_cache(f, hw=None):
+    """The cached image array, or None when absent, unreadable or not what we write (then the image is read
+    instead). The .npy header is checked before the data is read: uint8 (h, w, 3) within utils.limits (and
+    of the image's size hw when given), exactly as many bytes as it claims; a regular file only."""
     if f is None or not f.is_file():
         return None
     try:
-        im = np.load(f, allow_pickle=False)
-    except (OSError, ValueError):
+        with open(f, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                return None
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            if (fortran or dtype != np.uint8 or len(shape) != 3 or shape[2] != 3 or size_problem(shape[1], shape[0])
+                    or (hw is not None and tuple(shape[:2]) != tuple(hw))
+                    or st.st_size != fh.tell() + shape[0] * shape[1] * 3):
+                return None
+            im = np.fromfile(fh, np.uint8, count=shape[0] * shape[1] * 3)
+        return im.reshape(shape) if im.size == shape[0] * shape[1] * 3 else None
+    except (OSError, ValueError, SyntaxError, TypeError):
         return None
-    return im if im.ndim == 3 and im.dtype == np.uint8 else None
 
 
 def write_npy_cache(f, im):
@@ -186,16 +199,17 @@ class LoadImagesAndLabels(Dataset):
         return len(self.im_files)
 
     def _read(self, i):
-        im = imread(self.im_files[i])
+        im, problem = read_image(self.im_files[i])
         if im is None:
-            raise FileNotFoundError(f"{self.prefix}image became unreadable since the scan: {self.im_files[i]}")
+            raise FileNotFoundError(f"{self.prefix}{self.im_files[i]}: {problem} (it passed the label scan: "
+                                    "was it changed since?)")
         return im
 
     def load_image(self, i):
         """-> (im BGR resized so its long side is img_size, (h0, w0), (h, w))."""
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
-        im = read_npy_cache(self.npy_files[i])
+        im = read_npy_cache(self.npy_files[i], self._scanned_hw(i))
         if im is None:
             im = self._read(i)
         h0, w0 = im.shape[:2]
@@ -204,6 +218,11 @@ class LoadImagesAndLabels(Dataset):
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
         return im, (h0, w0), im.shape[:2]
+
+    def _scanned_hw(self, i):
+        """(h, w) the label scan found for image i (what a disk-cache file of it must hold)."""
+        w, h = self.shapes[i]
+        return int(h), int(w)
 
     def _perspective_kwargs(self):
         h = self.hyp

@@ -1,12 +1,10 @@
-"""Image lists, YOLO label files, their verification and the label cache.
+"""YOLO label files and their verification (image lists: utils.file_listing; the cache: utils.label_cache).
 
 Every problem is turned into one message naming the file; nothing here raises on bad data except
 when no usable image is left.
 """
 
-import glob
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,12 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from utils.boxes import segments2boxes, xywh2xyxy, xyxy2xywh
-from utils.general import LOGGER, NUM_THREADS, ROOT, warn_each
-from utils.image_io import IMG_FORMATS, decode_image, sniff_format
+from utils.cli import UserError
+from utils.file_listing import list_image_files  # noqa: F401  (re-exported: where callers look for it)
+from utils.general import LOGGER, NUM_THREADS, warn_each
+from utils.image_io import decode_checked, read_image_bytes, read_regular, sniff_format
+from utils.label_cache import (CACHE_BASE_BYTES, CACHE_BYTES_PER_IMAGE, CACHE_BYTES_PER_LABEL_BYTE, MAX_CACHE_BYTES,
+                               cache_path_for, load_cache, save_cache)
+from utils.limits import MAX_LABEL_BYTES, MAX_LABEL_ROWS, MAX_NAMES
 
-CACHE_VERSION = "yolov5-kd-labels/2"
 COORD_TOLERANCE = 0.01  # normalised coords up to this far outside [0, 1] are clipped, beyond it dropped
-SHARED_DIR = (ROOT.parent / "shared").resolve()  # read-only data beside the checkout: never write caches there
+
+
+class NoUsableImages(UserError, RuntimeError):
+    """Every image of a split is corrupt or unreadable (a user error: one line naming the folder)."""
 
 
 def img2label_paths(img_paths):
@@ -28,48 +33,17 @@ def img2label_paths(img_paths):
     return [sb.join(str(x).rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt" for x in img_paths]
 
 
-def list_image_files(path, prefix=""):
-    """Image files from a folder, a glob, a .txt list (relative entries resolve against its folder),
-    or a list of those. Non-image files are reported in one line per folder and skipped."""
-    files, skipped = [], {}
-    for p in path if isinstance(path, (list, tuple)) else [path]:
-        p = Path(p)
-        if "*" in str(p):
-            found = sorted(glob.glob(str(p), recursive=True))
-        elif p.is_dir():
-            found = sorted(glob.glob(str(p / "**" / "*.*"), recursive=True))
-        elif p.is_file() and p.suffix == ".txt":
-            parent = p.parent
-            lines = [x.strip() for x in p.read_text(errors="replace").splitlines() if x.strip()]
-            found = [str(parent / x[2:]) if x.startswith("./") else (x if os.path.isabs(x) else str(parent / x))
-                     for x in lines]
-        elif p.is_file():
-            found = [str(p)]
-        else:
-            raise FileNotFoundError(f"{prefix}{p} does not exist")
-        for f in found:
-            if f.split(".")[-1].lower() in IMG_FORMATS:
-                files.append(str(Path(f)))
-            elif os.path.isfile(f) and not os.path.basename(f).startswith(".") and not f.endswith((".npy", ".cache")):
-                skipped.setdefault(str(Path(f).parent), []).append(os.path.basename(f))
-    for folder, names in skipped.items():
-        LOGGER.warning(f"{prefix}WARNING: {folder}: ignored {len(names)} non-image file(s): "
-                       f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
-    return sorted(set(files))
-
 
 def check_image(im_file):
-    """-> (shape (w, h) or None, message or '')."""
-    try:
-        data = np.fromfile(im_file, np.uint8)
-    except OSError as e:
-        return None, f"{im_file}: unreadable ({e})"
-    if data.size == 0:
-        return None, f"{im_file}: empty file (0 bytes), ignored"
-    fmt = sniff_format(data[:16].tobytes())
-    im = decode_image(data)
+    """-> (shape (w, h) or None, message or ''). The header's claimed size is checked before decoding
+    (utils.image_io.decode_checked); a FIFO or device is never opened for reading."""
+    data, problem = read_image_bytes(im_file)
+    if data is None:
+        return None, f"{im_file}: {problem}, ignored"
+    im, problem = decode_checked(data)
     if im is None:
-        return None, f"{im_file}: not a decodable image, ignored"
+        return None, f"{im_file}: {problem}, ignored"
+    fmt = sniff_format(data[:16].tobytes())
     h, w = im.shape[:2]
     if h < 10 or w < 10:
         return None, f"{im_file}: image size {w}x{h} < 10 pixels, ignored"
@@ -80,6 +54,25 @@ def check_image(im_file):
     if fmt == "jpeg" and not data[-2:].tobytes() == b"\xff\xd9":
         notes.append("truncated JPEG (no end marker), lower part may be grey")
     return (w, h), (f"{im_file}: " + "; ".join(notes)) if notes else ""
+
+
+def read_label_file(lb_file):
+    """-> (bytes, None) for a usable label file; (None, 'missing') when there is none; else (None, problem).
+
+    Only a regular file of at most MAX_LABEL_BYTES is read (opened without blocking: a FIFO never hangs)."""
+    data, _, problem = read_regular(lb_file, MAX_LABEL_BYTES)
+    if problem == "is a directory":
+        return None, "is a directory, not a label file"
+    if problem and problem.startswith("file of"):
+        return None, f"{problem} for one label file (MAX_LABEL_BYTES)"
+    return data, problem
+
+
+def _count_rows(data):
+    """Non-blank lines of label bytes, counted only when there may be more than MAX_LABEL_ROWS."""
+    if data.count(b"\n") < MAX_LABEL_ROWS:
+        return 0
+    return sum(1 for line in data.splitlines() if line.strip())
 
 
 def _parse_rows(lb_file, text):
@@ -110,8 +103,9 @@ def _parse_rows(lb_file, text):
             problems.append(f"line {k}: NaN/inf")
             continue
         cls = row[0]
-        if cls < 0 or cls != int(cls):
-            problems.append(f"line {k}: class id {parts[0]} is not a non-negative integer")
+        if cls < 0 or cls != int(cls) or cls >= MAX_NAMES:
+            problems.append(f"line {k}: class id {parts[0][:20]} is not a non-negative integer"
+                            + (f" below {MAX_NAMES:,}" if cls >= MAX_NAMES else ""))
             continue
         xyxy = xywh2xyxy(row[None, 1:5])[0]
         if row[3] <= 0 or row[4] <= 0:
@@ -144,23 +138,31 @@ def verify_image_label(im_file, lb_file):
     """Check one image and its label file.
 
     Returns dict(im_file, labels (n, 5), shape (w, h), segments, status, msg) where status is one of
-    'found', 'missing', 'empty', 'corrupt'. Corrupt images carry shape None.
-    """
+    'found', 'missing', 'empty', 'corrupt'. Corrupt images carry shape None. A label path that is there
+    but cannot be a label file (a folder, a FIFO or device, over MAX_LABEL_BYTES or MAX_LABEL_ROWS) makes
+    the image corrupt: its labels are unknown, so it is neither trained on nor scored as background."""
     shape, msg = check_image(im_file)
     out = {"im_file": im_file, "labels": np.zeros((0, 5), np.float32), "shape": shape, "segments": [],
            "status": "corrupt", "msg": msg}
     if shape is None:
         return out
-    if not os.path.isfile(lb_file):
+    data, problem = read_label_file(lb_file)
+    if problem == "missing":
         out["status"] = "missing"
         return out
-    try:
-        text = Path(lb_file).read_text(errors="replace")
-    except OSError as e:
-        out["msg"] = f"{lb_file}: unreadable label file ({e}), image used as background"
-        out["status"] = "missing"
+    rows = _count_rows(data) if problem is None else 0
+    refused = rows > MAX_LABEL_ROWS
+    if refused:
+        problem = f"{rows:,} rows, over the limit of {MAX_LABEL_ROWS:,} for one label file (MAX_LABEL_ROWS)"
+    if problem and (refused or not problem.startswith("unreadable")):
+        note = f"{lb_file}: {problem}, image skipped"
+        out.update(shape=None, msg=f"{msg}\n{note}" if msg else note)
         return out
-    lb, segments, problems = _parse_rows(lb_file, text)
+    if problem:
+        note = f"{lb_file}: {problem.replace('unreadable', 'unreadable label file', 1)}, image used as background"
+        out.update(status="missing", msg=f"{msg}\n{note}" if msg else note)
+        return out
+    lb, segments, problems = _parse_rows(lb_file, data.decode(errors="replace"))
     if problems:
         note = f"{lb_file}: " + "; ".join(problems[:6]) + (f"; ... ({len(problems)} problems)" if len(problems) > 6 else "")
         out["msg"] = f"{msg}\n{note}" if msg else note
@@ -171,83 +173,19 @@ def verify_image_label(im_file, lb_file):
 def file_key(im_file, lb_file):
     """What a cached record depends on: the image's size and mtime_ns, the label file's content (MD5).
 
-    Labels are hashed, not stat-ed, so an edit that keeps the byte count and the timestamp still counts."""
+    Labels are hashed, not stat-ed, so an edit that keeps the byte count and the timestamp still counts.
+    A label path that cannot be read as a label file is keyed by what it is (its problem). Returns
+    (key, bytes of the label file read)."""
     try:
         st = os.stat(im_file)
         im_key = [st.st_size, st.st_mtime_ns]
     except OSError:
         im_key = None
-    try:
-        lb_key = hashlib.md5(Path(lb_file).read_bytes()).hexdigest()
-    except OSError:
-        lb_key = None
-    return [im_key, lb_key]
+    data, problem = read_label_file(lb_file)
+    if data is not None:
+        return [im_key, hashlib.md5(data).hexdigest()], len(data)
+    return [im_key, None if problem == "missing" else f"!{problem}"], 0
 
-
-def cache_path_for(label_files):
-    """labels/train.cache beside the labels, or ROOT/runs/cache/... when that place is read-only."""
-    preferred = Path(label_files[0]).parent.with_suffix(".cache")
-    if writable(preferred.parent):
-        return preferred
-    return fallback_cache_dir("labels", preferred.parent) / preferred.name
-
-
-def fallback_cache_dir(kind, original_folder):
-    """ROOT/runs/cache/<kind>/<key of the original folder>: where caches go when the data is read-only."""
-    key = hashlib.md5(str(Path(original_folder).resolve()).encode()).hexdigest()[:12]
-    return ROOT / "runs" / "cache" / kind / key
-
-
-def writable(folder):
-    """True for an existing folder we may write into: never ../shared, and never a folder without
-    write bits (root passes os.access everywhere, so the bits are checked too)."""
-    folder = Path(folder).resolve()
-    if folder == SHARED_DIR or SHARED_DIR in folder.parents:
-        return False
-    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
-
-
-def save_cache(path, records):
-    """Write the verified labels with their per-file keys as JSON (no pickle). Failure is a one-line note."""
-    data = {"version": CACHE_VERSION, "records": [
-        {"im_file": r["im_file"], "key": r["key"], "labels": r["labels"].tolist(), "shape": r["shape"],
-         "segments": [s.tolist() for s in r["segments"]], "status": r["status"], "msg": r["msg"]}
-        for r in records]}
-    path = Path(path)
-    if not writable(path.parent):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
-    if not writable(path.parent):
-        LOGGER.info(f"Note: cache directory {path.parent} is not writable, labels not cached")
-        return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-        return True
-    except OSError as e:
-        LOGGER.info(f"Note: could not write label cache {path} ({e}), labels not cached")
-        tmp.unlink(missing_ok=True)
-        return False
-
-
-def load_cache(path):
-    """{im_file: record} from a cache file of ours ({} when absent, foreign or damaged)."""
-    try:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-            return {}
-        out = {}
-        for r in data["records"]:
-            r["labels"] = np.array(r["labels"], dtype=np.float32).reshape(-1, 5)
-            r["segments"] = [np.array(s, dtype=np.float32).reshape(-1, 2) for s in r["segments"]]
-            r["shape"] = tuple(r["shape"]) if r["shape"] else None
-            out[r["im_file"]] = r
-        return out
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def verify_all(im_files, label_files, prefix=""):
@@ -256,12 +194,17 @@ def verify_all(im_files, label_files, prefix=""):
         return list(pool.map(verify_image_label, im_files, label_files))
 
 
-def cached_or_verified(im_files, label_files, cache_file):
+def cached_or_verified(im_files, label_files, cache_file, prefix=""):
     """Records for the images: from the cache where a file's key still matches, else verified now.
 
     Returns (records, number re-verified); the cache is rewritten when anything changed."""
-    cached = load_cache(cache_file)
-    keys = [file_key(f, lb) for f, lb in zip(im_files, label_files)]
+    keys, label_bytes = [], 0
+    for f, lb in zip(im_files, label_files):
+        key, n = file_key(f, lb)
+        keys.append(key)
+        label_bytes += n
+    max_bytes = CACHE_BASE_BYTES + CACHE_BYTES_PER_IMAGE * len(im_files) + CACHE_BYTES_PER_LABEL_BYTE * label_bytes
+    cached = load_cache(cache_file, min(max_bytes, MAX_CACHE_BYTES), prefix)
     records = [cached.get(f) if cached.get(f, {}).get("key") == k else None for f, k in zip(im_files, keys)]
     stale = [i for i, r in enumerate(records) if r is None]
     fresh = verify_all([im_files[i] for i in stale], [label_files[i] for i in stale])
@@ -309,7 +252,7 @@ def load_labels(im_files, prefix="", max_messages=100, nc=None):
     usable image is left.
     """
     label_files = img2label_paths(im_files)
-    records, n_checked = cached_or_verified(im_files, label_files, cache_path_for(label_files))
+    records, n_checked = cached_or_verified(im_files, label_files, cache_path_for(label_files), prefix)
     records = [dict(r) for r in records]  # the class filter below must not reach the cache
     if nc is not None:
         for r in records:
@@ -324,6 +267,6 @@ def load_labels(im_files, prefix="", max_messages=100, nc=None):
                 f"{c['missing']} missing, {c['empty']} empty, {c['corrupt']} corrupt")
     good = [r for r in records if r["status"] != "corrupt"]
     if not good:
-        raise RuntimeError(f"{prefix}no usable images in {Path(im_files[0]).parent if im_files else '?'}: "
-                           f"all {len(records)} image(s) are corrupt or unreadable (see the warnings above)")
+        raise NoUsableImages(f"{prefix}no usable images in {Path(im_files[0]).parent if im_files else '?'}: "
+                             f"all {len(records)} image(s) are corrupt or unreadable (see the warnings above)")
     return good, c

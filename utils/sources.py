@@ -4,35 +4,56 @@ Webcam/stream sources (LoadStreams) are not supported.
 """
 
 import glob
+import math
 import os
+import stat
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from utils.augmentations import letterbox
-from utils.cli import OptionError
+from utils.cli import OptionError, UserError
 from utils.general import LOGGER
-from utils.image_io import IMG_FORMATS, VID_FORMATS, imread
+from utils.image_io import IMG_FORMATS, VID_FORMATS, file_kind, read_image, read_regular, size_problem
+from utils.file_listing import MAX_LIST_BYTES, glob_files
 
 
 def _expand_source(path):
-    """Source -> sorted list of files (images and videos); raises naming the path when nothing exists."""
-    if isinstance(path, str) and path.endswith(".txt") and os.path.isfile(path):
+    """Source -> sorted list of files (images and videos); raises naming the path when nothing exists.
+
+    Only regular files are returned: a FIFO, socket or device (which would block a read or a video open)
+    is skipped with a warning naming it; a ``**`` glob visits each real folder once (symlink loops)."""
+    if isinstance(path, str) and path.endswith(".txt") and os.path.lexists(path):
+        data, _, problem = read_regular(path, MAX_LIST_BYTES)
+        if problem:
+            raise FileNotFoundError(f"{path}: {problem}" if problem != "missing" else f"{path} does not exist")
         parent = Path(path).parent
         path = [x.strip() if os.path.isabs(x.strip()) else str(parent / x.strip())
-                for x in Path(path).read_text(errors="replace").splitlines() if x.strip()]
-    files = []
+                for x in data.decode(errors="replace").splitlines() if x.strip()]
+    files, special = [], []
     for p in sorted(path) if isinstance(path, (list, tuple)) else [path]:
         p = str(Path(p).resolve()) if "*" not in str(p) else str(p)
         if "*" in p:
-            files.extend(sorted(glob.glob(p, recursive=True)))
+            found = [f for f, _ in glob_files(p, special)]
         elif os.path.isdir(p):
-            files.extend(sorted(glob.glob(os.path.join(p, "*.*"))))
-        elif os.path.isfile(p):
-            files.append(p)
+            found = sorted(glob.glob(os.path.join(glob.escape(p), "*.*")))
+        elif os.path.exists(p):
+            found = [p]
         else:
             raise FileNotFoundError(f"{p} does not exist")
+        for f in found:
+            try:
+                mode = os.stat(f).st_mode
+            except OSError:
+                files.append(f)  # vanished or a dangling link: its read names it
+                continue
+            if stat.S_ISREG(mode):
+                files.append(f)
+            elif not stat.S_ISDIR(mode):
+                special.append((f, file_kind(mode)))
+    for f, kind in special:
+        LOGGER.warning(f"WARNING: {f}: is not a regular file ({kind}), skipped")
     return files
 
 
@@ -50,6 +71,8 @@ class LoadImages:
             LOGGER.warning(f"WARNING: skipping {len(other)} file(s) that are neither image nor video: "
                            f"{', '.join(os.path.basename(x) for x in other[:5])}{' ...' if len(other) > 5 else ''}")
         self.img_size, self.stride, self.auto = img_size, stride, auto
+        self.source = path
+        self.count, self.yielded = 0, 0
         self.transforms = transforms
         self.vid_stride = max(int(vid_stride), 1)
         self.files = images + videos
@@ -63,31 +86,57 @@ class LoadImages:
                                     f"Supported: images {IMG_FORMATS}, videos {VID_FORMATS}")
 
     def __iter__(self):
-        self.count = 0
+        self.count, self.yielded = 0, 0
         return self
 
     def _new_video(self, path):
+        """Open a video -> None, or why it cannot be read (not opened; frames over utils.limits)."""
         self.frame = 0
         self.cap = cv2.VideoCapture(path)
-        self.frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) / self.vid_stride)
+        if not self.cap.isOpened():
+            return "cannot open video"
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frames = int(count / self.vid_stride) if math.isfinite(count) and count > 0 else 0
+        w, h = (self.cap.get(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+        if math.isfinite(w) and math.isfinite(h) and (w > 0 or h > 0):
+            problem = size_problem(int(w), int(h))
+            if problem:
+                return f"frames of {problem}"
+        return None
 
     def _next_video_frame(self, path):
-        """Next frame of the current video (opening it if needed), or None when it is exhausted/unreadable."""
-        if self.cap is None:
-            self._new_video(path)
-            if not self.cap.isOpened():
-                LOGGER.warning(f"WARNING: {path}: cannot open video, skipped")
-                self.cap = None
-                return None
-        for _ in range(self.vid_stride):
-            self.cap.grab()
-        ok, im0 = self.cap.retrieve()
-        if not ok:
-            self.cap.release()
-            self.cap = None
+        """Next frame of the current video (opening it if needed), or None when it is exhausted/unreadable.
+        A video that cannot be opened or decoded is skipped with a warning naming it."""
+        try:
+            if self.cap is None:
+                problem = self._new_video(path)
+                if problem:
+                    LOGGER.warning(f"WARNING: {path}: {problem}, skipped")
+                    self._close_video()
+                    return None
+            for _ in range(self.vid_stride):
+                self.cap.grab()
+            ok, im0 = self.cap.retrieve()
+        except cv2.error as e:
+            LOGGER.warning(f"WARNING: {path}: video frame {self.frame + 1} cannot be decoded "
+                           f"({str(e).strip().splitlines()[-1][:200] if str(e).strip() else 'cv2.error'}), rest skipped")
+            self._close_video()
+            return None
+        if not ok or im0 is None or im0.ndim != 3 or im0.size == 0:
+            if self.frame == 0 and self.cap is not None:
+                LOGGER.warning(f"WARNING: {path}: no frame could be read from this video, skipped")
+            self._close_video()
             return None
         self.frame += 1
         return im0
+
+    def _close_video(self):
+        if self.cap is not None:
+            try:
+                self.cap.release()
+            except cv2.error:
+                pass
+        self.cap = None
 
     def __next__(self):
         while self.count < self.nf:
@@ -102,12 +151,16 @@ class LoadImages:
             else:
                 self.mode = "image"
                 self.count += 1
-                im0 = imread(path)
+                im0, problem = read_image(path)
                 if im0 is None:
-                    LOGGER.warning(f"WARNING: {path}: unreadable or not an image, skipped")
+                    LOGGER.warning(f"WARNING: {path}: {problem}, skipped")
                     continue
                 s = f"image {self.count}/{self.nf} {path}: "
+            self.yielded += 1
             return path, self._prepare(im0), im0, self.cap, s
+        if not self.yielded:
+            raise UserError(f"nothing to detect on in {self.source}: none of its {self.nf} file(s) could be read "
+                            "(see the warnings above)")
         raise StopIteration
 
     def _prepare(self, im0):

@@ -11,7 +11,7 @@ def calibration_images(data, imgsz, n=300, batch=1, seed=0):
     """Up to n images of the dataset YAML's train split (a seeded sample) in batches of (batch, 3, h, w) float32
     0..1, letterboxed to imgsz (h, w) as validation feeds them. Unreadable images are skipped by name."""
     from utils.dataset_yaml import check_dataset
-    from utils.image_io import imread
+    from utils.image_io import read_image
     from utils.label_files import list_image_files
 
     d = check_dataset(data, autodownload=False)
@@ -26,9 +26,9 @@ def calibration_images(data, imgsz, n=300, batch=1, seed=0):
     for i in order:
         if len(out) >= n:
             break
-        im = imread(files[i])
+        im, problem = read_image(files[i])
         if im is None:
-            skipped.append(files[i])
+            skipped.append(f"{files[i]} ({problem})")
             continue
         out.append(model_input(im, tuple(imgsz), scaleup=False))
     if skipped:

@@ -29,14 +29,27 @@ def _as_rgb(im, i):
         s = str(im)
         if s.lower().startswith(("http://", "https://", "rtsp://", "rtmp://")):
             raise UserError(f"image {i}: {s}: URLs are not fetched (offline); download it and pass the file")
-        from utils.image_io import imread
+        from utils.image_io import read_image
 
-        bgr = imread(s)
+        bgr, problem = read_image(s)
         if bgr is None:
-            raise UserError(f"{s}: not a readable image")
+            raise UserError(f"{s}: not a readable image ({problem})")
         return bgr[:, :, ::-1], Path(s).name
-    if hasattr(im, "convert") and hasattr(im, "size"):  # PIL
-        return np.asarray(im.convert("RGB")), f"image{i}.jpg"
+    if hasattr(im, "convert") and hasattr(im, "size"):  # PIL: a lazily opened file is decoded by convert()
+        from utils.image_io import size_problem
+
+        try:
+            w, h = (int(x) for x in im.size)
+        except (TypeError, ValueError):
+            raise UserError(f"image {i}: PIL image without a (width, height) size") from None
+        problem = size_problem(w, h)
+        if problem:
+            raise UserError(f"image {i}: PIL image of {problem}, not decoded")
+        try:
+            return np.asarray(im.convert("RGB")), f"image{i}.jpg"
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or corrupt data
+            where = getattr(im, "filename", "") or f"image {i}"
+            raise UserError(f"{where}: PIL cannot decode it ({e})") from None
     if isinstance(im, np.ndarray):
         if im.ndim == 2:
             im = np.stack([im] * 3, -1)
