@@ -170,6 +170,12 @@ def _is_stride(v):
     return isinstance(v, (list, tuple)) and 0 < len(v) <= 16 and all(_finite_number(s) and 0 < s <= 4096 for s in v)
 
 
+def _all_finite(v):
+    """True when no element is NaN or infinite: a sum in the tensor's own dtype is non-finite whenever one is
+    (fast, one pass); only a sum that overflowed without one needs the element-wise look."""
+    return math.isfinite(float(v.sum())) or bool(torch.isfinite(v).all())
+
+
 def check_tensors(state, where):
     """Refuse tensors a model cannot use: without data (meta device), of an exotic kind, or not finite."""
     for k, v in state.items():
@@ -177,7 +183,7 @@ def check_tensors(state, where):
             raise CheckpointError(f"{where}: tensor '{k}' has no data here (device {v.device.type})")
         if v.layout != torch.strided or v.is_quantized or v.is_complex():
             raise CheckpointError(f"{where}: tensor '{k}' is of an unsupported kind ({v.layout}, {v.dtype})")
-        if v.is_floating_point() and not math.isfinite(float(v.sum(dtype=torch.float64))):  # any NaN/inf shows
+        if v.is_floating_point() and not _all_finite(v):
             raise CheckpointError(f"{where}: tensor '{k}' holds NaN or infinite values (weights from a diverged run?)")
 
 
