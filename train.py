@@ -63,6 +63,9 @@ def build_parser():
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="Freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning: INT8 fake quantization in training (start from --weights, "
+                        "a few epochs, low lr0: data/hyps/hyp.qat.yaml); deploy with export.py --int8")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="Automatic DDP Multi-GPU argument, do not modify")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: fp16 AMP on CUDA; on a CPU bf16 autocast only where this CPU runs it faster "

@@ -274,6 +274,9 @@ class Trainer:
         opt = self.opt
         if opt.resume:  # the one read of last.pt: options, hyp, then weights and state below
             self.resume_ckpt, self.hyp_in = resume_run(opt, self.plugins.items)
+        if getattr(opt, "qat", False):  # --qat (also restored by --resume): the last plugin, for its saved state
+            from utils.deploy.qat import QATPlugin
+            self.plugins.items.append(QATPlugin())
         self.save_dir = Path(opt.save_dir)
         try:
             check_train_options(opt)

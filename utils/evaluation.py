@@ -237,8 +237,10 @@ def validate_weights(*args, **kwargs):
 def evaluate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
                      task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
                      save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp",
-                     exist_ok=False, half=True, plots=True, cfg=None):
-    """validate_weights with the whole EvalResult (AP50 per class, profile) as its result."""
+                     exist_ok=False, half=True, plots=True, cfg=None, rect=None):
+    """validate_weights with the whole EvalResult (AP50 per class, profile) as its result. rect=None: upstream's
+    rule (rectangular batches for .pt and dynamic ONNX, square letterbox for fixed-shape artifacts); False forces
+    the square letterbox everywhere, so formats can be compared on identical inputs."""
     from utils.dataloaders import create_dataloader
 
     device = select_device(device, batch_size)
@@ -260,7 +262,7 @@ def evaluate_weights(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.
                          f"pass matching --weights and --data")
     model.warmup((1 if model.pt else batch_size, 3, imgsz, imgsz))
     shape_free = model.pt or all(m.fixed_shape is None for m in model.members)  # .pt or dynamic ONNX
-    pad, rect = (0.0, False) if task == "speed" else (0.5, shape_free)
+    pad, rect = (0.0, False) if task == "speed" else (0.5, shape_free if rect is None else rect and shape_free)
     split = task if task in SPLITS else "val"
     if not data.get(split):
         raise ValueError(f"{data.get('yaml_file', 'dataset')}: no '{split}:' split to validate on")
