@@ -105,8 +105,8 @@ def main(argv=None):
 
     rect = (f"; val.py's default for the .pt (rectangular batches padded by half a stride) gives "
             f"{ref['val.py mAP50']} / {ref['val.py mAP50-95']}" if "val.py mAP50" in ref else "")
-    basis = (f"{a.weights}, val {a.data} at img {a.img} (square letterbox for every format{rect}), batch-1 CPU latency (median of {a.repeats} after "
-             f"{a.warmup}, {a.threads} threads), {cpu_description()}, torch {torch.__version__}")
+    basis = (f"{a.weights}, val {a.data} at img {a.img} (square letterbox for every format{rect}), batch-1 CPU "
+             f"latency (median of {a.repeats} after {a.warmup}, {a.threads} threads), {cpu_description()}, torch {torch.__version__}")
     md = f"Deployment formats: {basis}\n\n{markdown_table(list(rows.values()), cols)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "deploy.md").write_text(md)

@@ -7,9 +7,9 @@ Stages (each a run folder under --out, skipped when its result is in qat.json, s
 - ft_kd:  fine-tuned --epochs in float with the teacher distilling (control: what the extra epochs give alone);
 - qat:    fine-tuned --epochs with --qat (INT8 fake quantization), no teacher;
 - qat_kd: fine-tuned --epochs with --qat while the float teacher distils (train_kd.py --qat).
-Fine-tuning uses data/hyps/hyp.qat.yaml (lr0 0.001, no warmup; --lr0 to change). Every result is validated on the val split at
---img with the same square letterbox (the float checkpoint in PyTorch and its OpenVINO INT8 export). Writes
-qat.{json,md} in --out.
+Fine-tuning uses data/hyps/hyp.qat.yaml (lr0 0.0002, no warmup; --lr0 to change). Every result is validated on
+the val split at --img with the same square letterbox (the float checkpoint in PyTorch and its OpenVINO INT8
+export). Writes qat.{json,md} in --out.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--calib-images", type=int, default=300)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--lr0", type=float, default=None, help="fine-tuning lr0 instead of hyp.qat.yaml's 0.001")
+    p.add_argument("--lr0", type=float, default=None, help="fine-tuning lr0 instead of hyp.qat.yaml's 0.0002")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--smoke", action="store_true", help="1 epoch, 8 calibration images: tests the harness")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "qat"))
@@ -124,7 +124,7 @@ def main(argv=None):
     cols = ["stage", "epochs", "float mAP50", "INT8 mAP50", "INT8 - float", "INT8 - student float",
             "float mAP50-95", "INT8 mAP50-95"]
     md = (f"PTQ vs QAT vs QAT+KD: student {a.student}, teacher {a.teacher}, fine-tuning lr0 "
-          f"{a.lr0 or 0.001}, val {a.data} at img {a.img} (square "
+          f"{a.lr0 or 0.0002}, val {a.data} at img {a.img} (square "
           f"letterbox), OpenVINO INT8 via NNCF ({a.calib_images} train images), {cpu_description()}\n\n"
           f"{markdown_table(rows, [c for c in cols if any(c in r for r in rows)])}\n")
     (out / "qat.md").write_text(md)

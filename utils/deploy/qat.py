@@ -129,7 +129,7 @@ class QATPlugin(Plugin):
 
     def step_loss(self, imgs, targets, preds):
         """Keep the EMA copy's observers at the trained model's ranges (it validates with them)."""
-        for (_, a), (_, b) in getattr(self, "pairs", ()):
+        for (_, a), (_, b) in self.pairs:
             b.observer.lo, b.observer.hi = a.observer.lo, a.observer.hi
         return None, {}
 
