@@ -61,9 +61,11 @@ def latency_ms(path, img, repeats, warmup):
     return batch1_latency_ms(backend, img, repeats, warmup, channels_last=backend.channels_last)
 
 
-def validate(evaluate_weights, a, path, img, out, name, rect):
+def validate(a, path, img, out, name, rect):
     """(mAP50, mAP50-95) of one artifact on the val split; rect=False: every format sees the same square
     letterboxed img x img inputs (a fixed-shape artifact can take no other), so differences are the export's."""
+    from utils.evaluation import evaluate_weights
+
     r = evaluate_weights(a.data, weights=str(path), batch_size=32, imgsz=img, device="cpu", workers=a.workers,
                          project=out / "val", name=name.replace(" ", "_"), exist_ok=True, plots=False, rect=rect)
     return round(float(r.results[2]), 4), round(float(r.results[3]), 4)
@@ -73,7 +75,6 @@ def main(argv=None):
     a = parse_args(argv)
     import torch
 
-    from utils.evaluation import evaluate_weights
     from utils.precision import cpu_description
 
     torch.set_num_threads(a.threads)
@@ -88,10 +89,10 @@ def main(argv=None):
             if img in a.latency_img:
                 rows[k][f"ms@{img}"] = latency_ms(f, img, a.repeats, a.warmup)
             if img == a.img and not a.no_val:
-                rows[k]["mAP50"], rows[k]["mAP50-95"] = validate(evaluate_weights, a, f, img, out, k, rect=False)
+                rows[k]["mAP50"], rows[k]["mAP50-95"] = validate(a, f, img, out, k, rect=False)
                 if k == "PyTorch":  # val.py's own default for a .pt: rectangular batches, pad 0.5
-                    rows[k]["val.py mAP50"], rows[k]["val.py mAP50-95"] = validate(evaluate_weights, a, f, img, out,
-                                                                                   k + "_rect", rect=None)
+                    rows[k]["val.py mAP50"], rows[k]["val.py mAP50-95"] = validate(a, f, img, out, k + "_rect",
+                                                                                   rect=None)
             print(f"[deploy] {k} @{img}: {rows[k]}", flush=True)
     ref = rows["PyTorch"]
     for r in rows.values():
@@ -106,7 +107,8 @@ def main(argv=None):
     rect = (f"; val.py's default for the .pt (rectangular batches padded by half a stride) gives "
             f"{ref['val.py mAP50']} / {ref['val.py mAP50-95']}" if "val.py mAP50" in ref else "")
     basis = (f"{a.weights}, val {a.data} at img {a.img} (square letterbox for every format{rect}), batch-1 CPU "
-             f"latency (median of {a.repeats} after {a.warmup}, {a.threads} threads), {cpu_description()}, torch {torch.__version__}")
+             f"latency (median of {a.repeats} after {a.warmup}, {a.threads} threads), {cpu_description()}, "
+             f"torch {torch.__version__}")
     md = f"Deployment formats: {basis}\n\n{markdown_table(list(rows.values()), cols)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "deploy.md").write_text(md)

@@ -82,16 +82,6 @@ def child(data, n_images, ours_pt, upstream_pt):
     return out
 
 
-def cpu_name():
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = [f for f in ("avx512_bf16", "avx512f", "avx2", "amx_bf16") if f in fields.get("Flags", "").split()]
-    return f"{fields.get('Model name', '?').strip()} ({', '.join(flags)}), {os.cpu_count()} cores"
-
-
 def baseline_tree(rev):
     """A worktree of rev under runs/ (made once per rev)."""
     tree = ROOT / "runs" / "benchmarks" / f"hot_paths_base_{rev}"
@@ -125,6 +115,9 @@ def main():
                                             / "ours_teacher.pt"))
     p.add_argument("--upstream-pt", default=str(ROOT.parent / "shared" / "fixtures" / "upstream_yolov5s_neu224.pt"))
     a = p.parse_args()
+    sys.path.insert(0, str(ROOT))  # this process only: each child puts its own checkout first
+    from utils.precision import cpu_description
+
     trees = {"baseline": baseline_tree(a.baseline), "this": ROOT}
     runs = {k: [] for k in trees}
     for r in range(a.rounds):
@@ -132,7 +125,7 @@ def main():
             runs[name].append(run_child(tree, a))
             print(f"round {r + 1}/{a.rounds} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in runs[name][-1].items()))
     med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
-    result = {"cpu": cpu_name(), "baseline": a.baseline, "images": a.images, "rounds": a.rounds, "median": med,
+    result = {"cpu": f"{cpu_description()}, {os.cpu_count()} cores", "baseline": a.baseline, "images": a.images, "rounds": a.rounds, "median": med,
               "ratio_this_over_baseline": {k: med["this"][k] / med["baseline"][k] for k in med["this"]
                                            if med["baseline"].get(k)}, "runs": runs}
     print(f"\n{result['cpu']}, {a.images} NEU-DET train images, median of {a.rounds} rounds, 1 thread")

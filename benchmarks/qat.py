@@ -14,6 +14,7 @@ export). Writes qat.{json,md} in --out.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -83,15 +84,14 @@ def evaluate(a, weights, folder):
     """Float and OpenVINO INT8 (mAP50, mAP50-95) of weights on the val split, same square inputs."""
     import export
     from benchmarks.deploy import validate
-    from utils.evaluation import evaluate_weights
 
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / "best.pt"
-    local.write_bytes(Path(weights).read_bytes())
+    shutil.copyfile(weights, local)
     export.run(weights=local, imgsz=[a.img], include=["openvino"], int8=True, data=a.data,
                calib_images=8 if a.smoke else a.calib_images)
-    float_map = validate(evaluate_weights, a, local, a.img, folder, "float", rect=False)
-    int8_map = validate(evaluate_weights, a, folder / "best_int8_openvino_model", a.img, folder, "int8", rect=False)
+    float_map = validate(a, local, a.img, folder, "float", rect=False)
+    int8_map = validate(a, folder / "best_int8_openvino_model", a.img, folder, "int8", rect=False)
     return {"float mAP50": float_map[0], "float mAP50-95": float_map[1],
             "INT8 mAP50": int8_map[0], "INT8 mAP50-95": int8_map[1]}
 

@@ -52,7 +52,7 @@ class DryRunBudget:
                              f"activation elements for one 256 px image: far more compute than any YOLO model")
 
     def _check_leaf(self, m, inputs):
-        if not m._modules and m in self.leaves:  # containers only pass their input on: the leaves do the work
+        if m in self.leaves:  # containers only pass their input on: the leaves do the work
             self._check(m, inputs)
 
     def __enter__(self):

@@ -71,24 +71,15 @@ def walk_files(top, skipped_special=None):
             if e.name.startswith("."):
                 continue
             try:
-                if e.is_symlink():
-                    try:
-                        st = os.stat(e.path)
-                    except OSError:  # a dangling link: listed, the image check names it
-                        yield e.path, ("dangling", e.path)
-                        continue
-                    mode, ident = st.st_mode, (st.st_dev, st.st_ino)
-                elif e.is_dir(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
-                    mode, ident = st.st_mode, (st.st_dev, st.st_ino)
-                elif e.is_file(follow_symlinks=False):
+                if e.is_file(follow_symlinks=False):  # the common case: no stat call
                     yield e.path, (dev, e.inode())
                     continue
-                else:
-                    st = e.stat(follow_symlinks=False)
-                    mode, ident = st.st_mode, (st.st_dev, st.st_ino)
+                st = e.stat()  # what a symlink points at
             except OSError:
+                if e.is_symlink():  # a dangling link: listed, the image check names it
+                    yield e.path, ("dangling", e.path)
                 continue
+            mode, ident = st.st_mode, (st.st_dev, st.st_ino)
             if stat.S_ISDIR(mode):
                 if ident not in seen:
                     seen.add(ident)
@@ -135,7 +126,7 @@ def list_image_files(path, prefix=""):
         elif p.is_dir():
             found = ((f, i) for f, i in walk_files(p, special) if "." in os.path.basename(f))
         elif p.is_file() and p.suffix == ".txt":
-            found = ((f, None) for f in _list_file_entries(p))
+            found = ((f, None) for f in list_file_entries(p))
         elif p.is_file():
             found = [(str(p), None)]
         elif p.exists() or p.is_symlink():
@@ -171,7 +162,7 @@ def list_image_files(path, prefix=""):
     return sorted(set(files))
 
 
-def _list_file_entries(p):
+def list_file_entries(p):
     """Entries of a .txt list of image paths, relative ones resolved against its folder (read safely:
     a regular file of at most MAX_LIST_BYTES)."""
     data, _, problem = read_regular(p, MAX_LIST_BYTES)

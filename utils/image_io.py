@@ -308,19 +308,6 @@ def size_problem(w, h):
 
 
 # ---------------------------------------------------------------- reading and decoding
-def file_problem(st):
-    """Why a file with this os.stat result is not read as an image, or None (a regular file of a readable size)."""
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not an image"
-    if not stat.S_ISREG(st.st_mode):
-        return f"is not a regular file ({file_kind(st.st_mode)}), not read"
-    if st.st_size == 0:
-        return "empty file (0 bytes)"
-    if st.st_size > MAX_IMAGE_FILE_BYTES:
-        return f"file of {st.st_size:,} bytes is over the limit of {MAX_IMAGE_FILE_BYTES:,} for one image"
-    return None
-
-
 def file_kind(mode):
     """'FIFO', 'socket', 'character device', ... for a non-regular file's st_mode."""
     for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
@@ -328,6 +315,16 @@ def file_kind(mode):
         if test(mode):
             return name
     return "not a regular file"
+
+
+def _not_regular(st):
+    """Why a file with this os.stat result is not read ('is a directory', 'is not a regular file (FIFO), not
+    read'), or None for a regular file."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    return f"is not a regular file ({file_kind(st.st_mode)}), not read"
 
 
 def read_regular(path, limit):
@@ -340,9 +337,8 @@ def read_regular(path, limit):
     try:
         if not hasattr(os, "O_NONBLOCK"):  # no non-blocking open here: look before opening
             st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                return None, st, ("is a directory" if stat.S_ISDIR(st.st_mode)
-                                  else f"is not a regular file ({file_kind(st.st_mode)}), not read")
+            if problem := _not_regular(st):
+                return None, st, problem
         fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
         return None, None, "missing"
@@ -352,9 +348,8 @@ def read_regular(path, limit):
         return None, None, f"unreadable ({e.strerror or e})"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, st, ("is a directory" if stat.S_ISDIR(st.st_mode)
-                              else f"is not a regular file ({file_kind(st.st_mode)}), not read")
+        if problem := _not_regular(st):
+            return None, st, problem
         if st.st_size > limit:
             return None, st, f"file of {st.st_size:,} bytes is over the limit of {limit:,}"
         chunks, left = [], limit + 1
@@ -408,7 +403,7 @@ def decode_checked(data):
     try:
         im = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as e:
-        return None, f"not a decodable image (OpenCV: {_cv_reason(e)})"
+        return None, f"not a decodable image (OpenCV: {cv_error_reason(e)})"
     if im is None or im.ndim < 2 or im.size == 0:
         return None, "not a decodable image"
     problem = size_problem(im.shape[1], im.shape[0])
@@ -417,18 +412,13 @@ def decode_checked(data):
     try:
         return apply_orientation(im, exif_orientation(data)), None
     except cv2.error as e:
-        return None, f"not a decodable image (OpenCV: {_cv_reason(e)})"
+        return None, f"not a decodable image (OpenCV: {cv_error_reason(e)})"
 
 
-def _cv_reason(e):
+def cv_error_reason(e):
     """The last line of a cv2.error, short."""
     lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
     return (lines[-1] if lines else type(e).__name__)[:200]
-
-
-def decode_image(data):
-    """Encoded bytes (np.uint8 array) -> BGR uint8 (H, W, 3), upright; None when undecodable or refused."""
-    return decode_checked(data)[0]
 
 
 def read_image(path):

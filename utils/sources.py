@@ -15,8 +15,8 @@ import numpy as np
 from utils.augmentations import letterbox
 from utils.cli import OptionError, UserError
 from utils.general import LOGGER
-from utils.image_io import IMG_FORMATS, VID_FORMATS, file_kind, read_image, read_regular, size_problem
-from utils.file_listing import MAX_LIST_BYTES, glob_files
+from utils.file_listing import glob_files, list_file_entries
+from utils.image_io import IMG_FORMATS, VID_FORMATS, cv_error_reason, file_kind, read_image, size_problem
 
 
 def _expand_source(path):
@@ -25,12 +25,7 @@ def _expand_source(path):
     Only regular files are returned: a FIFO, socket or device (which would block a read or a video open)
     is skipped with a warning naming it; a ``**`` glob visits each real folder once (symlink loops)."""
     if isinstance(path, str) and path.endswith(".txt") and os.path.lexists(path):
-        data, _, problem = read_regular(path, MAX_LIST_BYTES)
-        if problem:
-            raise FileNotFoundError(f"{path}: {problem}" if problem != "missing" else f"{path} does not exist")
-        parent = Path(path).parent
-        path = [x.strip() if os.path.isabs(x.strip()) else str(parent / x.strip())
-                for x in data.decode(errors="replace").splitlines() if x.strip()]
+        path = list_file_entries(Path(path))
     files, special = [], []
     for p in sorted(path) if isinstance(path, (list, tuple)) else [path]:
         p = str(Path(p).resolve()) if "*" not in str(p) else str(p)
@@ -118,8 +113,8 @@ class LoadImages:
                 self.cap.grab()
             ok, im0 = self.cap.retrieve()
         except cv2.error as e:
-            LOGGER.warning(f"WARNING: {path}: video frame {self.frame + 1} cannot be decoded "
-                           f"({str(e).strip().splitlines()[-1][:200] if str(e).strip() else 'cv2.error'}), rest skipped")
+            LOGGER.warning(f"WARNING: {path}: video frame {self.frame + 1} cannot be decoded ({cv_error_reason(e)}), "
+                           "rest skipped")
             self._close_video()
             return None
         if not ok or im0 is None or im0.ndim != 3 or im0.size == 0:

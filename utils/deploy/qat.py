@@ -57,6 +57,12 @@ class RangeObserver:
         return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, A_LEVELS).to(x.dtype)
 
 
+def _quantized_conv(m, conv, x, w, b):
+    """conv's arithmetic with weight w and bias b, input and weight fake-quantized (m owns the observer)."""
+    return F.conv2d(m.observer(x, m.training), fake_quant_weight(w), b, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
 class QATConv2d(nn.Conv2d):
     """nn.Conv2d whose input and weight pass through fake quantization."""
 
@@ -71,14 +77,10 @@ class QATConv(Conv):
     def forward(self, x):
         c, bn = self.conv, self.bn
         k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        w, b = c.weight * k.view(-1, 1, 1, 1), bn.bias - bn.running_mean * k
-        return self.act(F.conv2d(self.observer(x, self.training), fake_quant_weight(w), b, c.stride, c.padding,
-                                 c.dilation, c.groups))
+        return self.act(_quantized_conv(self, c, x, c.weight * k.view(-1, 1, 1, 1), bn.bias - bn.running_mean * k))
 
     def forward_fuse(self, x):
-        c = self.conv
-        return self.act(F.conv2d(self.observer(x, self.training), fake_quant_weight(c.weight), c.bias, c.stride,
-                                 c.padding, c.dilation, c.groups))
+        return self.act(_quantized_conv(self, self.conv, x, self.conv.weight, self.conv.bias))
 
 
 def quantized_modules(model):
@@ -107,10 +109,9 @@ class QATPlugin(Plugin):
     copy's ranges kept in step."""
 
     def __init__(self):
-        self.active, self.engine, self.saved, self.pairs = False, None, {}, []
+        self.engine, self.saved, self.pairs = None, {}, []
 
     def setup(self, engine):
-        self.active = True
         self.engine = engine
         n = prepare_qat(engine.model)
         self._restore_ranges()
@@ -123,7 +124,7 @@ class QATPlugin(Plugin):
                 m.observer.lo, m.observer.hi = self.saved[name]
 
     def on_train_start(self, engine):
-        if self.active:
+        if self.engine is not None:
             self.pairs = list(zip(quantized_modules(engine.model), quantized_modules(engine.ema.ema)))
             self.step_loss(None, None, None)
 
@@ -144,5 +145,5 @@ class QATPlugin(Plugin):
         self.saved = {n: (float(v[0]), float(v[1])) for n, v in ranges.items()
                       if isinstance(n, str) and isinstance(v, (list, tuple)) and len(v) == 2
                       and all(isinstance(x, (int, float)) and abs(x) < 1e6 for x in v) and v[0] <= 0 <= v[1]}
-        if self.active:  # restored after setup
+        if self.engine is not None:  # restored after setup
             self._restore_ranges()
