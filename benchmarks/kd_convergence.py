@@ -228,6 +228,25 @@ def final_val(a, stage, data, run_dir):
     return result_line(log) if run_logged(cmd, peer_env(a), log) == 0 else None
 
 
+def training_precision(stage, run_dir):
+    """The precision the stage trained in: our train.log's 'precision:' line(s) (one per attempt, several when a
+    resume ran on another machine); ultralytics on a CPU always trains in float32 (its AMP is CUDA-only)."""
+    if stage["framework"] == "peer":
+        return "fp32"
+    log = run_dir / "train.log"
+    text = log.read_text(errors="ignore") if log.is_file() else ""
+    seen = [line.split()[1] for line in text.splitlines() if line.startswith("precision: ") and len(line.split()) > 1]
+    return "+".join(dict.fromkeys(seen)) or None
+
+
+def machine_label(record):
+    """'<CPU model> (<speed flags>), <precision>' of a stage record; records of older sittings lack them."""
+    cpu = record.get("cpu")
+    where = (f"{cpu['model_name']} ({', '.join(k for k, v in cpu['flags'].items() if v) or 'no avx'})"
+             if cpu else "not recorded")
+    return f"{where}, {record.get('precision') or 'precision not recorded'}"
+
+
 def attempts_file(run_dir):
     return run_dir / "kd_convergence_attempts.json"
 
@@ -290,7 +309,8 @@ def run_stage(a, stage, data):
     train_s = sum(att["wall_s"] for att in attempts)
     n_train = len(list((Path(data).parent / "images" / "train").glob("*.jpg")))
     record = {**stage, "final": final, "epochs": len(curve), "curve": curve,
-              **convergence(curve), "train_wall_s": round(train_s, 1),
+              **convergence(curve), "cpu": cpu_info(), "precision": training_precision(stage, run_dir),
+              "train_wall_s": round(train_s, 1),
               "train_img_per_s": round(n_train * len(curve) / train_s, 2) if train_s else None,
               "attempts": attempts, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     a.results.mkdir(parents=True, exist_ok=True)
@@ -326,7 +346,7 @@ def measure_stage(a, stage):
     model = model.fuse(verbose=False)
     return {"params": params, "GFLOPs_640": round(model_flops(model, 640), 2),
             "GFLOPs_img": round(model_flops(model, a.img), 3), "ms_per_img": batch1_latency_ms(model, a.img),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "cpu": cpu_info()}
 
 
 # ----------------------------------------------------------------------------- report
@@ -372,6 +392,7 @@ def table_rows(stages, recs, measures):
         row["train img/s"] = _mean([r["train_img_per_s"] for r in done])
         row["epochs"] = "/".join(str(r["epochs"]) for r in done)
         row["converged"] = "/".join("yes" if r["converged"] else "no" for r in done)
+        row["trained on"] = "; ".join(dict.fromkeys(machine_label(r) for r in done))
         rows.append(row)
     for row in rows:
         base = next((r for r in rows if r["_fw"] == row["_fw"] and r["_role"] == "baseline"), None)
@@ -382,7 +403,8 @@ def table_rows(stages, recs, measures):
 
 
 COLUMNS = ("framework", "run", "model", "params", "GFLOPs@640", "mAP50 per seed", "mAP50", "mAP50-95 per seed",
-           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "train img/s", "CPU ms/img", "epochs", "converged")
+           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "train img/s", "CPU ms/img", "epochs", "converged",
+           "trained on")
 
 
 def goals(rows):
@@ -425,8 +447,9 @@ def write_report(a, stages):
     cpu = cpu_info()
     flags = ", ".join(k for k, v in cpu["flags"].items() if v)
     basis = (f"NEU-DET ({a.data}), img {a.img}, batch {a.batch}, {a.epochs} epochs, seeds "
-             f"{', '.join(map(str, a.seeds))}; mAP of best.pt by each framework's own val; CPU "
-             f"{cpu['model_name']} ({flags}), {cpu['cpu_count']} cores")
+             f"{', '.join(map(str, a.seeds))}; mAP of best.pt by each framework's own val; each row names the "
+             f"CPU and precision it trained in; 'CPU ms/img' (batch 1, fp32) on the CPU measure.json names; this "
+             f"report written on {cpu['model_name']} ({flags}), {cpu['cpu_count']} cores")
     g = goals(rows)
     md = "\n".join([f"KD at convergence: {basis}", "", markdown_table(rows, COLUMNS), "",
                     f"Goals: {json.dumps(g)}",

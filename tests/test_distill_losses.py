@@ -75,13 +75,14 @@ def test_kl_temperature_and_bad_kind():
         losses.output_kd_loss(s, t, GAINS, nc=3, kind="mse")
 
 
-@pytest.mark.parametrize("name", ["at", "ft", "fgfi", "cwd", "wat"])
+@pytest.mark.parametrize("name", ["at", "ft", "fgfi", "cwd", "wat", "pkd"])
 def test_feature_losses_zero_when_equal_positive_otherwise(name):
     f_t = _feat(0)
     mask = torch.zeros(2, 6, 6)
     mask[:, 2:4, 1:5] = 1
     fns = {"at": lambda s, t: losses.at_loss(s, t), "ft": losses.ft_loss, "cwd": lambda s, t: losses.cwd_loss(s, t, 2.0),
-           "fgfi": lambda s, t: losses.fgfi_loss(s, t, mask), "wat": lambda s, t: losses.wat_loss(s, t, mask * 0.5 + 0.25)}
+           "fgfi": lambda s, t: losses.fgfi_loss(s, t, mask), "wat": lambda s, t: losses.wat_loss(s, t, mask * 0.5 + 0.25),
+           "pkd": losses.pkd_loss}
     fn = fns[name]
     assert fn(f_t.clone(), f_t).abs().item() < 1e-7
     _assert_positive_with_grad(fn, _feat(1), f_t)
@@ -141,3 +142,36 @@ def test_gt_mask_cells_ratio_and_tiny_box():
     m = wat_mask(targets, bs=2, h=4, w=4, ratio=0.25)
     assert m[0, 1, 1].item() == 0.75 and m[0, 0, 0].item() == 0.25
     assert torch.equal(wat_mask(torch.zeros(0, 6), 1, 4, 4, 0.3), torch.full((1, 4, 4), 0.3))
+
+
+def test_pkd_ignores_each_channels_scale_and_offset():
+    """PKD compares standardised features: a teacher whose channels are scaled (by > 0) and shifted costs the
+    student the same; a perfectly correlated student costs nothing, an anti-correlated one the most (2)."""
+    s, t = _feat(1), _feat(0)
+    scale = torch.tensor([0.1, 3.0, 7.0, 0.5, 1.0, 2.0, 9.0, 0.2]).view(1, -1, 1, 1)
+    shift = torch.arange(8.0).view(1, -1, 1, 1)
+    assert torch.allclose(losses.pkd_loss(s, t * scale + shift), losses.pkd_loss(s, t), atol=1e-5)
+    assert losses.pkd_loss(t * scale + shift, t).item() < 1e-8
+    assert losses.pkd_loss(-t, t).item() == pytest.approx(2.0 * (1 - 1 / t[:, 0].numel()), rel=1e-3)
+    with pytest.raises(ValueError, match="!="):
+        losses.pkd_loss(_feat(1, (2, 4, 6, 6)), t)
+
+
+def test_crosskd_weights_cells_by_teacher_objectness_and_trains_the_student_feature():
+    """The cross-head prediction is pulled toward the teacher's only where the teacher sees an object, and the
+    gradient reaches the student feature through the frozen head (not the head's weights)."""
+    nc, na = 3, 3
+    head = torch.nn.Conv2d(8, na * (5 + nc), 1).requires_grad_(False)
+    f_t = _feat(0)
+    p_t = losses.head_maps(head, f_t, na)
+    assert p_t.shape == (2, na, 6, 6, 5 + nc)
+    off = p_t.clone()
+    off[..., :4] += 1.0
+    sure, unsure = p_t.clone(), p_t.clone()
+    sure[..., 4], unsure[..., 4] = 8.0, -8.0  # teacher certain there is / is not an object
+    assert losses.crosskd_loss(off, sure).item() > 100 * losses.crosskd_loss(
+        torch.cat((off[..., :4], unsure[..., 4:]), -1), unsure).item()
+    f_s = _feat(1).requires_grad_(True)
+    loss = losses.crosskd_loss(losses.head_maps(head, f_s, na), p_t)
+    loss.backward()
+    assert loss.item() > 0 and f_s.grad.abs().sum() > 0 and head.weight.grad is None

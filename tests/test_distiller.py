@@ -108,7 +108,7 @@ def test_parse_feats():
 
 def test_parse_betas():
     defaults = default_betas()
-    assert defaults == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 4e-6, "cwd": 1e-3}
+    assert defaults == {"at": 1.0, "wat": 1.0, "ft": 1.0, "fgfi": 4e-6, "cwd": 1e-3, "pkd": 0.02, "crosskd": 0.007}
     assert parse_betas([], ("at", "fgfi", "cwd")) == {k: defaults[k] for k in ("at", "fgfi", "cwd")}
     assert parse_betas(["0.5"], ("at", "fgfi")) == {"at": 0.5, "fgfi": 0.5}
     assert parse_betas(["at=2", "0.1"], ("at", "cwd")) == {"at": 2.0, "cwd": 0.1}  # a number sets the rest
@@ -175,7 +175,7 @@ def _eval_step(d, student, imgs, targets):
 
 def test_terms_positive_with_grad_and_adapters_learn(tmp_path):
     teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
-    d = make_distiller(tmp_path, student, teacher, feat=["at", "wat", "ft", "fgfi", "cwd"])
+    d = make_distiller(tmp_path, student, teacher, feat=["at", "wat", "ft", "fgfi", "cwd", "pkd", "crosskd"])
     assert d.trainable_modules() and set(d.adapters.keys()) == {"s17", "s20", "s23"}
     imgs, targets = batch()
     loss, items = kd_step(d, student, imgs, targets)
@@ -275,3 +275,19 @@ def test_pretrained_student_with_other_anchors_is_refused(tmp_path):
     assert "pretrained_student.pt" in msg and "anchors" in msg
     assert str([round(v, 1) for v in t_px])[1:-1] in msg and str([round(v, 1) for v in s_px])[1:-1] in msg
     assert torch.equal(student.model[-1].anchors, before)
+
+
+def test_crosskd_teacher_head_reproduces_teacher_outputs(tmp_path):
+    """The pairs crosskd uses feed the teacher's Detect: its head on the tapped teacher features gives back the
+    teacher's own raw outputs, so a student feature equal to the teacher's costs nothing."""
+    from utils.distill import losses
+    teacher, student = tiny_model(seed=1).eval(), tiny_model(seed=2).train()
+    d = make_distiller(tmp_path, student, teacher, feat=["crosskd"])
+    imgs, _ = batch()
+    raw = d._run_teacher(imgs)
+    det = d.teacher.model[-1]
+    for level, (t_i, *_rest) in enumerate(d.pairs["crosskd"]):
+        again = losses.head_maps(det.m[level], d.t_taps[t_i].float(), det.na)
+        assert torch.allclose(again, raw[level].float(), atol=1e-5)
+        assert losses.crosskd_loss(again, raw[level]).item() < 1e-10
+    d.teardown()

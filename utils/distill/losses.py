@@ -124,3 +124,44 @@ def cwd_loss(f_s_adapted, f_t, tau=1.0):
     log_p_s = F.log_softmax(f_s_adapted.float().flatten(2) / tau, dim=2)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
     return kl * (tau * tau) / (c * bs)
+
+
+# ----------------------------------------------------------------------------------------
+# PKD (Cao et al. 2022) and CrossKD (Wang et al. 2024)
+# ----------------------------------------------------------------------------------------
+def channel_standardise(x, eps=1e-6):
+    """Each channel of x (bs, C, H, W) to zero mean and unit variance over the batch and its positions."""
+    x = x.float()
+    mean = x.mean((0, 2, 3), keepdim=True)
+    std = x.std((0, 2, 3), keepdim=True) if x[:, 0].numel() > 1 else torch.ones_like(mean)
+    return (x - mean) / (std + eps)
+
+
+def pkd_loss(f_s_adapted, f_t):
+    """PKD: mean((N(A(F_s)) - N(F_t))^2) / 2 with N = channel_standardise; equals 1 - Pearson r per
+    channel (averaged), so it asks the student for the teacher's relations, not its magnitudes."""
+    if f_s_adapted.shape != f_t.shape:
+        raise ValueError(f"adapted student {tuple(f_s_adapted.shape)} != teacher {tuple(f_t.shape)}")
+    return (channel_standardise(f_s_adapted) - channel_standardise(f_t.detach())).pow(2).mean() / 2
+
+
+def head_maps(conv, x, na):
+    """One Detect level's 1x1 conv on x -> raw maps (bs, na, ny, nx, no), in x's dtype (a half teacher
+    conv applied to a float student feature, or the reverse)."""
+    y = F.conv2d(x, conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype))
+    bs, _, ny, nx = y.shape
+    return y.view(bs, na, -1, ny, nx).permute(0, 1, 3, 4, 2)
+
+
+def crosskd_loss(p_cross, p_t):
+    """CrossKD on one level: the student's feature through the teacher's head (p_cross) against the
+    teacher's own prediction p_t, both raw maps (bs, na, ny, nx, 5 + nc): the output-KD terms with the
+    teacher's objectness as weight, box and objectness by squared error, classes by the Bernoulli KL."""
+    if p_cross.shape != p_t.shape:
+        raise ValueError(f"cross-head prediction {tuple(p_cross.shape)} != teacher prediction {tuple(p_t.shape)}")
+    p_cross, p_t = p_cross.float(), p_t.detach().float()
+    w = torch.sigmoid(p_t[..., 4:5])
+    loss = (w * (p_cross[..., :5] - p_t[..., :5]) ** 2).mean()
+    if p_t.shape[-1] > 6:
+        loss = loss + _cls_term(p_cross[..., 5:], p_t[..., 5:], w, "bce", 1.0)
+    return loss
