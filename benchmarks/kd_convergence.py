@@ -50,6 +50,8 @@ CURVE_COLUMNS = {"ours": ("metrics/mAP_0.5", "metrics/mAP_0.5:0.95"),
                  "peer": ("metrics/mAP50(B)", "metrics/mAP50-95(B)")}
 CONVERGED_WITHIN = 0.01  # best epoch's mAP50 within this of the mean of the last 10 epochs
 LAST_EPOCHS = 10
+# the remedies the issue names for a gain that shrinks at convergence, each on top of output KD
+VARIANTS = ("pkd=--feat pkd", "crosskd=--feat crosskd")
 
 
 def parse_args(argv=None):
@@ -63,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--hyp", default="data/hyps/hyp.scratch-low.yaml", help="ours (the peer keeps its defaults)")
     p.add_argument("--combo", default="--feat at", help="train_kd.py flags of the 'best combination' row")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), metavar="NAME=FLAGS",
+                   help="further KD rows of ours, each 'name=train_kd.py flags' (stage ours_<name>_s<seed>)")
     p.add_argument("--ours-args", default="--cache ram", help="extra flags for every ours run")
     p.add_argument("--peer-python", default=str(PEER_VENV / "bin" / "python"))
     p.add_argument("--peer-teacher", default="yolo11s.yaml")
@@ -82,9 +86,21 @@ def parse_args(argv=None):
         a.results = a.results or str(Path(a.out) / "results")
     else:
         a.n_train = a.n_val = None  # the whole splits
+    a.variants = parse_variants(p, a.variants)
     a.out = Path(a.out or OUT)
     a.results = Path(a.results or RESULTS / f"neu_e{a.epochs}_img{a.img}")
     return a
+
+
+def parse_variants(parser, items):
+    """['name=flags', ...] -> [(name, [flag, ...])]; a bad item is one argparse error."""
+    out = []
+    for item in items:
+        name, sep, flags = item.partition("=")
+        if not sep or not name.isidentifier() or not flags.strip():
+            parser.error(f"--variants: {item!r} is not NAME=FLAGS (e.g. 'pkd=--feat pkd')")
+        out.append((name, shlex.split(flags)))
+    return out
 
 
 # ----------------------------------------------------------------------------- plan
@@ -100,6 +116,8 @@ def plan(a):
              "teacher": "ours_teacher", "flags": []},
             {"name": f"ours_combo_s{s}", "framework": "ours", "role": "best KD", "model": "yolov5n", "seed": s,
              "teacher": "ours_teacher", "flags": shlex.split(a.combo)},
+            *({"name": f"ours_{name}_s{s}", "framework": "ours", "role": f"output KD + {name}", "model": "yolov5n",
+               "seed": s, "teacher": "ours_teacher", "flags": flags} for name, flags in a.variants),
             {"name": f"peer_base_s{s}", "framework": "peer", "role": "baseline",
              "model": Path(a.peer_student).stem, "seed": s},
             {"name": f"peer_kd_s{s}", "framework": "peer", "role": "KD (distill_model)",
@@ -416,6 +434,26 @@ def goals(rows):
             "ours_gain_at_least_peer": None if ours is None or peer is None else ours >= peer}
 
 
+def gain_by_window(stages, recs, window=10):
+    """Per KD stage: its per-epoch mAP50 minus its own seed's baseline's, averaged over windows of `window`
+    epochs -> rows {'run', 'seed', 'epochs 1-10': gain, ...}: where in training the gain is made or lost."""
+    rows = []
+    for s in stages:
+        r = recs.get(s["name"])
+        base = next((recs[b["name"]] for b in stages if b["framework"] == s["framework"] and b["role"] == "baseline"
+                     and b["seed"] == s["seed"] and b["name"] in recs), None)
+        if not r or not base or s["role"] in ("baseline", "teacher"):
+            continue
+        b50 = {c[0]: c[1] for c in base["curve"]}
+        diffs = [(c[0], c[1] - b50[c[0]]) for c in r["curve"] if c[0] in b50]
+        row = {"run": f"{s['framework']} {s['role']}", "seed": s["seed"]}
+        for start in range(1, (max((e for e, _ in diffs), default=0)) + 1, window):
+            vals = [d for e, d in diffs if start <= e < start + window]
+            row[f"epochs {start}-{start + window - 1}"] = f"{statistics.fmean(vals):+.3f}"
+        rows.append(row)
+    return rows
+
+
 def plot_curves(stages, recs, path):
     from utils.plots import _plt
 
@@ -451,7 +489,11 @@ def write_report(a, stages):
              f"CPU and precision it trained in; 'CPU ms/img' (batch 1, fp32) on the CPU measure.json names; this "
              f"report written on {cpu['model_name']} ({flags}), {cpu['cpu_count']} cores")
     g = goals(rows)
+    windows = gain_by_window(stages, recs)
+    window_cols = list(dict.fromkeys(k for w in windows for k in w))
     md = "\n".join([f"KD at convergence: {basis}", "", markdown_table(rows, COLUMNS), "",
+                    "KD gain in per-epoch val mAP50 over the same seed's baseline, mean of each 10-epoch window:", "",
+                    markdown_table(windows, window_cols) if windows else "(no KD run with its baseline yet)", "",
                     f"Goals: {json.dumps(g)}",
                     f"Stages done: {len(recs)}/{len(stages)}"]) + "\n"
     a.results.mkdir(parents=True, exist_ok=True)
@@ -459,6 +501,7 @@ def write_report(a, stages):
     (a.results / "kd_convergence.json").write_text(json.dumps(
         {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "cpu": cpu,
          "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "goals": g,
+         "gain_by_window": windows,
          "stages_done": sorted(recs)}, indent=1))
     if recs:
         plot_curves(stages, recs, a.results / "kd_convergence.png")

@@ -291,3 +291,9 @@ def test_crosskd_teacher_head_reproduces_teacher_outputs(tmp_path):
         assert torch.allclose(again, raw[level].float(), atol=1e-5)
         assert losses.crosskd_loss(again, raw[level]).item() < 1e-10
     d.teardown()
+
+
+def test_crosskd_refuses_layers_that_do_not_feed_the_teacher_head(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
+    with pytest.raises(ValueError, match="does not feed the teacher's Detect"):
+        make_distiller(tmp_path, student, teacher, feat=["crosskd"], kd_layers="13:13")

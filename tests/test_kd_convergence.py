@@ -43,7 +43,12 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     base_row = rows[("ours (yolov5-kd)", "baseline")]
     assert float(kd_row["KD gain mAP50"]) == round(kd_row["mAP50"] - base_row["mAP50"], 3)
     assert report["stages_done"] == sorted(OURS)
-    assert (res / "kd_convergence.md").read_text().count("| ours (yolov5-kd) |") == 4  # the combo row is blank
+    base = json.loads((res / "ours_base_s0.json").read_text())
+    window = report["gain_by_window"][0]
+    assert window["run"] == "ours output KD" and window["epochs 1-10"] == f"{kd['curve'][0][1] - base['curve'][0][1]:+.3f}"
+    md = (res / "kd_convergence.md").read_text()
+    assert md.count("| ours (yolov5-kd) |") == 6  # teacher, baseline, output KD + blank combo, pkd, crosskd rows
+    assert kd["precision"] in ("fp32", "bf16") and kd["cpu"]["model_name"] and kd["precision"] in kd_row["trained on"]
     assert (res / "kd_convergence.png").stat().st_size > 10_000
 
     # done stages are skipped; a stage whose training ended but whose result is gone is only re-validated
@@ -73,4 +78,6 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     (res / "peer_teacher.pt").write_bytes(b"")  # a teacher of an earlier sitting, found in --results
     peer = next(s for s in kc.plan(a) if s["name"] == "peer_kd_s0")
     cmd, env = kc.train_command(a, peer, tmp_path / "data.yaml", resume=False)
+    pkd = next(s for s in kc.plan(a) if s["name"] == "ours_pkd_s0")
+    assert kc.train_command(a, pkd, tmp_path / "data.yaml", resume=False)[0][-2:] == ["--feat", "pkd"]
     assert cmd[-2:] == ["--teacher", str(res / "peer_teacher.pt")] and env["YOLO_OFFLINE"] == "1"

@@ -109,6 +109,8 @@ class Distiller(Plugin):
                                 override=self.cfg.kd_layers)
             if not pairs:
                 raise ValueError(f"--feat {name}: no teacher/student layers share a stride; use --kd-layers t:s")
+            if FEATURE_LOSSES[name].check_pairs is not None:
+                FEATURE_LOSSES[name].check_pairs(self.teacher, pairs)
             self.pairs[name] = pairs
 
     def _adopt_teacher_anchors(self):

@@ -49,17 +49,19 @@ class FeatureLoss:
     roles: tuple
     options: tuple
     help: str
+    check_pairs: Callable = None  # check_pairs(teacher, pairs) raises ValueError for pairs the loss cannot use
 
 
 FEATURE_LOSSES = {}  # name -> FeatureLoss, in registration order (the order of the help texts)
 
 
-def feature_loss(name, *, beta, help, adapter=False, roles=ROLES, options=()):
+def feature_loss(name, *, beta, help, adapter=False, roles=ROLES, options=(), check_pairs=None):
     """Register `fn(f_s, f_t, ctx)` as the feature loss `name` (the --feat value).
 
     beta: default weight (--beta); adapter: compare the student feature after a trainable 1x1
     conv + BN to the teacher's channels; roles: layer roles to pair (subset of ROLES);
-    options: FeatureOption tuple of extra numbers the loss reads from ctx.option(name).
+    options: FeatureOption tuple of extra numbers the loss reads from ctx.option(name);
+    check_pairs: called with (teacher, [(t, s, stride, c_t, c_s)]) before training, raises ValueError.
     """
     roles, options = tuple(roles), tuple(options)
 
@@ -68,7 +70,7 @@ def feature_loss(name, *, beta, help, adapter=False, roles=ROLES, options=()):
             raise ValueError(f"feature loss {name!r} is already registered (or reserved)")
         if not roles or not set(roles) <= set(ROLES):
             raise ValueError(f"feature loss {name!r}: roles {roles} must be a non-empty subset of {ROLES}")
-        FEATURE_LOSSES[name] = FeatureLoss(name, fn, float(beta), bool(adapter), roles, options, help)
+        FEATURE_LOSSES[name] = FeatureLoss(name, fn, float(beta), bool(adapter), roles, options, help, check_pairs)
         return fn
 
     return register
@@ -158,12 +160,21 @@ def pearson_imitation(f_s, f_t, ctx):
     return losses.pkd_loss(f_s, f_t)
 
 
-@feature_loss("crosskd", beta=CROSSKD_BETA, adapter=True, roles=("neck",),
+def _feeds_teacher_detect(teacher, pairs):
+    """CrossKD runs teacher features through the teacher's head: each pair's teacher layer must be the Detect
+    input of its stride (--kd-layers can name others)."""
+    det = teacher.model[-1]
+    inputs = {int(round(st)): i for st, i in zip(det.stride.tolist(), det.f)}
+    for t, s, stride, _, _ in pairs:
+        if inputs.get(int(round(stride))) != t:
+            raise ValueError(f"--feat crosskd: teacher layer {t} (pair {t}:{s}, stride {stride:g}) does not feed the "
+                             f"teacher's Detect; its inputs are layers {det.f} (strides "
+                             f"{[int(round(x)) for x in det.stride.tolist()]})")
+
+
+@feature_loss("crosskd", beta=CROSSKD_BETA, adapter=True, roles=("neck",), check_pairs=_feeds_teacher_detect,
               help="CrossKD: student neck features through the frozen teacher head (Wang et al. 2024)")
 def cross_head(f_s, f_t, ctx):
     det = ctx.teacher_detect
     conv = det.m[ctx.level()]
-    if conv.in_channels != f_t.shape[1]:
-        raise ValueError(f"--feat crosskd pairs the teacher layers that feed Detect: a feature of {f_t.shape[1]} "
-                         f"channels cannot go through Detect level {ctx.level()} ({conv.in_channels} in)")
     return losses.crosskd_loss(losses.head_maps(conv, f_s, det.na), losses.head_maps(conv, f_t, det.na))
