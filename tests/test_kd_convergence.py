@@ -81,3 +81,21 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     pkd = next(s for s in kc.plan(a) if s["name"] == "ours_pkd_s0")
     assert kc.train_command(a, pkd, tmp_path / "data.yaml", resume=False)[0][-2:] == ["--feat", "pkd"]
     assert cmd[-2:] == ["--teacher", str(res / "peer_teacher.pt")] and env["YOLO_OFFLINE"] == "1"
+
+
+def test_kd_gain_pairs_each_seed_with_its_own_baseline():
+    """With a baseline of two seeds and a KD row of one, the gain is that seed's difference, not the difference
+    of means over different seeds."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    a = kc.parse_args(["--seeds", "0", "1", "--variants"])
+    stages = kc.plan(a)
+
+    def rec(seed, m50):
+        return {"seed": seed, "final": {"mAP50": m50, "mAP50-95": m50 / 2}, "train_img_per_s": 1.0, "epochs": 100,
+                "converged": True, "curve": []}
+    recs = {"ours_base_s0": rec(0, 0.70), "ours_base_s1": rec(1, 0.60), "ours_kd_s0": rec(0, 0.75)}
+    rows = {r["run"]: r for r in kc.table_rows(stages, recs, {}) if r["_fw"] == "ours"}
+    assert rows["baseline"]["mAP50"] == 0.65 and rows["output KD"]["KD gain mAP50"] == "+0.050"
+    assert "KD gain mAP50" not in rows["best KD"]
