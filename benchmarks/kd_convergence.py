@@ -9,7 +9,8 @@ r"""The KD claim at convergence, side by side with the `ultralytics` package's o
 
 Stages, all on the same data (NEU-DET at img 224, batch 16), the same epochs, cache and workers:
 - ours: teacher yolov5s (train.py), students yolov5n alone, + output KD (train_kd.py defaults), + --combo flags
-  (the best combination found so far), seeds from --seeds; every run --noautoanchor, so all share anchors;
+  (the best combination found so far), + each --variants row (default output KD + pkd, + crosskd), seeds from
+  --seeds; every run --noautoanchor, so all share anchors; each record names the CPU and precision it trained in;
 - peer: ultralytics (in its own venv, models from YAML, no pretrained weights, offline): teacher yolo11s,
   students yolo11n alone and with `distill_model=` that teacher (its default `dis`);
 - measure: parameters, GFLOPs and batch-1 CPU latency of each trained model (run on a quiet machine).
