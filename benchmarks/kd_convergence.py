@@ -261,7 +261,7 @@ def training_precision(stage, run_dir):
 def machine_label(record):
     """'<CPU model> (<speed flags>), <precision>' of a stage record; records of older sittings lack them."""
     cpu = record.get("cpu")
-    where = (f"{cpu['model_name']} ({', '.join(k for k, v in cpu['flags'].items() if v) or 'no avx'})"
+    where = (f"{cpu['model_name']} ({', '.join(k for k, v in cpu['flags'].items() if v) or 'no avx2/avx512'})"
              if cpu else "not recorded")
     return f"{where}, {record.get('precision') or 'precision not recorded'}"
 

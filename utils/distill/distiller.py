@@ -240,7 +240,7 @@ class Distiller(Plugin):
         for name in cfg.feat:
             term = torch.zeros((), device=imgs.device)
             for t_i, s_i, stride, _, _ in self.pairs[name]:
-                term = term + self._feature_term(FEATURE_LOSSES[name], t_i, s_i, stride, targets, bs)
+                term = term + self._feature_term(FEATURE_LOSSES[name], t_i, s_i, stride, targets, bs, t_raw)
             terms[name] = bs * term
         if self.t_taps:
             self.t_taps.clear()
@@ -248,7 +248,7 @@ class Distiller(Plugin):
             self.s_taps.clear()
         return terms
 
-    def _feature_term(self, spec, t_i, s_i, stride, targets, bs):
+    def _feature_term(self, spec, t_i, s_i, stride, targets, bs, t_raw):
         """One registered feature loss on one teacher/student layer pair (unweighted)."""
         f_t, f_s = self.t_taps[t_i].float(), self.s_taps.features.get(s_i)
         if f_s is None:  # the hooked layer did not run in the student's forward: no gradient, the health check says so
@@ -257,7 +257,8 @@ class Distiller(Plugin):
             return torch.zeros((), device=f_t.device)
         if spec.adapter:
             f_s = self.adapters.apply_to(s_i, f_s).float()
-        ctx = FeatureContext(targets, bs, stride, self.teacher.model[-1], self.cfg.temperature, self.cfg.options)
+        ctx = FeatureContext(targets, bs, stride, self.teacher.model[-1], self.cfg.temperature, self.cfg.options,
+                             t_raw)
         return spec.fn(f_s, f_t, ctx)
 
     # ------------------------------------------------------------------ lifecycle

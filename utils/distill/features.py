@@ -22,7 +22,8 @@ from .masks import fgfi_mask, wat_mask
 
 ROLES = ("backbone", "neck")  # see pairing.role_layers
 # fixture teacher, fresh yolov5n, NEU-DET img 224 batch 16, 4 batches: student-gradient norm at beta 1 is
-# pkd 69, crosskd 200 against 13.6 for detection (kd_grad_balance.py --feat pkd crosskd): 0.1x detection at
+# pkd 69, crosskd 200 against 13.6 for detection (kd_grad_balance.py --feat pkd crosskd); these betas bring each
+# to 0.1x detection's
 PKD_BETA = 0.02
 CROSSKD_BETA = 0.007
 
@@ -86,6 +87,14 @@ def feature_options():
     return tuple(out.values())
 
 
+def detect_level(detect, stride):
+    """Index of `stride` among a Detect layer's levels; ValueError when it is not one of them."""
+    strides = [int(round(x)) for x in detect.stride.tolist()]
+    if int(round(stride)) not in strides:
+        raise ValueError(f"stride {stride:g} is not one of the teacher's Detect levels {strides}")
+    return strides.index(int(round(stride)))
+
+
 @dataclass
 class FeatureContext:
     """What a feature loss may read besides the two features of one layer pair."""
@@ -96,16 +105,14 @@ class FeatureContext:
     teacher_detect: torch.nn.Module  # the teacher's Detect layer (anchors, strides)
     temperature: float  # --temperature
     options: dict  # FeatureOption values by name
+    teacher_outputs: list = ()  # the teacher's raw Detect maps of this batch, one per level
 
     def option(self, name):
         return self.options[name]
 
     def level(self):
         """Index of this pair's stride among the teacher's Detect levels."""
-        strides = [int(round(x)) for x in self.teacher_detect.stride.tolist()]
-        if int(round(self.stride)) not in strides:
-            raise ValueError(f"stride {self.stride:g} is not one of the teacher's Detect levels {strides}")
-        return strides.index(int(round(self.stride)))
+        return detect_level(self.teacher_detect, self.stride)
 
     def anchors_px(self):
         """The teacher's anchors (na, 2) in pixels at this pair's stride."""
@@ -164,9 +171,8 @@ def _feeds_teacher_detect(teacher, pairs):
     """CrossKD runs teacher features through the teacher's head: each pair's teacher layer must be the Detect
     input of its stride (--kd-layers can name others)."""
     det = teacher.model[-1]
-    inputs = {int(round(st)): i for st, i in zip(det.stride.tolist(), det.f)}
     for t, s, stride, _, _ in pairs:
-        if inputs.get(int(round(stride))) != t:
+        if det.f[detect_level(det, stride)] != t:
             raise ValueError(f"--feat crosskd: teacher layer {t} (pair {t}:{s}, stride {stride:g}) does not feed the "
                              f"teacher's Detect; its inputs are layers {det.f} (strides "
                              f"{[int(round(x)) for x in det.stride.tolist()]})")
@@ -175,6 +181,5 @@ def _feeds_teacher_detect(teacher, pairs):
 @feature_loss("crosskd", beta=CROSSKD_BETA, adapter=True, roles=("neck",), check_pairs=_feeds_teacher_detect,
               help="CrossKD: student neck features through the frozen teacher head (Wang et al. 2024)")
 def cross_head(f_s, f_t, ctx):
-    det = ctx.teacher_detect
-    conv = det.m[ctx.level()]
-    return losses.crosskd_loss(losses.head_maps(conv, f_s, det.na), losses.head_maps(conv, f_t, det.na))
+    det, level = ctx.teacher_detect, ctx.level()  # f_t feeds that level (checked): its output is the teacher's
+    return losses.crosskd_loss(losses.head_maps(det.m[level], f_s, det.na), ctx.teacher_outputs[level])
