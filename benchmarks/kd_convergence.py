@@ -13,7 +13,8 @@ Stages, all on the same data (NEU-DET at img 224, batch 16), the same epochs, ca
   --seeds; every run --noautoanchor, so all share anchors; each record names the CPU and precision it trained in;
 - peer: ultralytics (in its own venv, models from YAML, no pretrained weights, offline): teacher yolo11s,
   students yolo11n alone and with `distill_model=` that teacher (its default `dis`);
-- measure: parameters, GFLOPs and batch-1 CPU latency of each trained model (run on a quiet machine).
+- measure: parameters, GFLOPs and batch-1 CPU latency of each trained architecture, one entry per model shared
+  by its rows (`--measure` times them all again in one pass: run it on a quiet machine).
 
 Each stage is a run folder under --out/runs/<stage>. A finished stage writes <stage>.json to --results (small:
 final mAP of best.pt by its framework's own val, mAP per epoch, wall time): that file, not best.pt (written
@@ -76,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue interrupted stages")
     p.add_argument("--report", action="store_true", help="only rebuild the table and picture")
     p.add_argument("--no-measure", action="store_true", help="skip the speed/size measurements")
+    p.add_argument("--measure", action="store_true",
+                   help="train nothing: time every trained architecture again in one pass (on a quiet machine)")
     p.add_argument("--smoke", action="store_true", help="1 epoch, 8 train / 4 val images, img 64, batch 4")
     p.add_argument("--setup-peer", action="store_true", help=f"create the peer venv ({PEER_PIN}) and exit")
     p.add_argument("--out", default=None, help=f"run folders (default {OUT.relative_to(ROOT)})")
@@ -343,12 +346,43 @@ def run_stage(a, stage, data):
 
 
 # ----------------------------------------------------------------------------- measure
-def measure_stage(a, stage):
-    """Parameters, GFLOPs at 640 and at img, batch-1 fp32 CPU latency of the stage's best.pt -> dict."""
+def arch_key(stage):
+    """Size and latency depend on the architecture, not on a run's weights: one measurement per
+    framework/model, shared by every row of it, all timed in one pass on one CPU."""
+    return f"{stage['framework']}/{stage['model']}"
+
+
+def stage_weights(a, stage):
+    """The stage's best.pt on this machine (a teacher's also from --results), else None."""
     best = a.out / "runs" / stage["name"] / "weights" / "best.pt"
     if not best.is_file() and stage["role"] == "teacher":
         best = a.results / f"{stage['name']}.pt"
-    if not best.is_file():
+    return best if best.is_file() else None
+
+
+def measure_all(a, stages, recs, again=False):
+    """measure.json: one entry per architecture with a finished stage whose weights are here, only the missing
+    ones, or (again) every one anew in this one pass, replacing what older sittings timed (their per-stage
+    entries of that architecture too); an architecture without weights here keeps its old entry."""
+    measures, timed = load_measures(a), set()
+    for s in stages:
+        key = arch_key(s)
+        if s["name"] not in recs or key in timed or (key in measures and not again) or not stage_weights(a, s):
+            continue
+        print(f"[kd_convergence] measure {key} ({stage_weights(a, s)})", flush=True)
+        measures[key] = measure_stage(a, s)
+        timed.add(key)
+        for other in stages:
+            if arch_key(other) == key:
+                measures.pop(other["name"], None)
+    measures_file(a).write_text(json.dumps(measures, indent=1))
+    return measures
+
+
+def measure_stage(a, stage):
+    """Parameters, GFLOPs at 640 and at img, batch-1 fp32 CPU latency of the stage's best.pt -> dict."""
+    best = stage_weights(a, stage)
+    if best is None:
         return None
     if stage["framework"] == "peer":
         log = a.out / "logs" / f"measure_{stage['name']}.log"
@@ -400,7 +434,7 @@ def table_rows(stages, recs, measures):
         groups.setdefault((s["framework"], s["role"]), []).append(s)
     for (fw, role), members in groups.items():
         done = [recs[s["name"]] for s in members if s["name"] in recs]
-        m = measures.get(members[0]["name"]) or {}
+        m = measures.get(arch_key(members[0])) or measures.get(members[0]["name"]) or {}  # older: by stage
         row = {"framework": "ours (yolov5-kd)" if fw == "ours" else "ultralytics", "run": role,
                "model": members[0]["model"], "params": m.get("params"), "GFLOPs@640": m.get("GFLOPs_640"),
                "CPU ms/img": m.get("ms_per_img"), "_fw": fw, "_role": role}
@@ -423,11 +457,25 @@ def table_rows(stages, recs, measures):
             paired = [mine[sd] - theirs[sd] for sd in sorted(mine) if None not in (mine[sd], theirs.get(sd))]
             if paired:
                 row[f"KD gain {key}"] = f"{statistics.fmean(paired):+.3f}"
+        closed = gap_closed(row, base, next((r for r in rows if r["_fw"] == row["_fw"] and r["_role"] == "teacher"),
+                                            None))
+        if closed is not None:
+            row["teacher gap closed"] = f"{closed:.0%}"
     return rows
 
 
+def gap_closed(row, base, teacher, key="mAP50"):
+    """Mean over seeds of (KD - baseline) / (teacher - baseline): how much of the headroom a teacher offers the
+    student takes (a student can rarely pass its teacher, so a +0.02 gain needs a teacher well above +0.02)."""
+    t = teacher and teacher[key]
+    mine, theirs = row[f"_{key} by seed"], base[f"_{key} by seed"]
+    shares = [(mine[sd] - theirs[sd]) / (t - theirs[sd]) for sd in sorted(mine)
+              if t is not None and None not in (mine[sd], theirs.get(sd)) and t > theirs[sd]]
+    return statistics.fmean(shares) if shares else None
+
+
 COLUMNS = ("framework", "run", "model", "params", "GFLOPs@640", "mAP50 per seed", "mAP50", "mAP50-95 per seed",
-           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "train img/s", "CPU ms/img", "epochs", "converged",
+           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "teacher gap closed", "train img/s", "CPU ms/img", "epochs", "converged",
            "trained on")
 
 
@@ -535,21 +583,17 @@ def main(argv=None):
         return setup_peer(a)
     stages = plan(a)
     chosen = [s for s in stages if not a.stages or s["name"] in a.stages]
-    if not a.report:
+    if not (a.report or a.measure):
         yamls = dataset_yamls(a)
         for stage in chosen:
             if (a.results / f"{stage['name']}.json").is_file():
                 print(f"[kd_convergence] {stage['name']}: done ({a.results / stage['name']}.json)", flush=True)
                 continue
             run_stage(a, stage, yamls[stage["framework"]])
-        recs = load_records(a, stages)
         if not a.no_measure:  # after this invocation's training: the latencies are timed on a quiet machine
-            measures = load_measures(a)
-            for s in chosen:
-                if s["name"] in recs and s["name"] not in measures and (s["role"] == "teacher"
-                                                                        or s["seed"] == a.seeds[0]):
-                    measures[s["name"]] = measure_stage(a, s)
-            measures_file(a).write_text(json.dumps(measures, indent=1))
+            measure_all(a, stages, load_records(a, stages))
+    elif a.measure:
+        measure_all(a, stages, load_records(a, stages), again=True)
     write_report(a, stages)
 
 

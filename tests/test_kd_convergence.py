@@ -36,12 +36,14 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     kd = json.loads((res / "ours_kd_s0.json").read_text())
     assert "--teacher_weight" in kd["attempts"][0]["cmd"]
     measure = json.loads((res / "measure.json").read_text())
-    assert measure["ours_base_s0"]["params"] == 1772035 and measure["ours_base_s0"]["ms_per_img"] > 0
+    assert sorted(measure) == ["ours/yolov5n", "ours/yolov5s"]  # one timing per architecture, not per run
+    assert measure["ours/yolov5n"]["params"] == 1772035 and measure["ours/yolov5n"]["ms_per_img"] > 0
     report = json.loads((res / "kd_convergence.json").read_text())
     rows = {(r["framework"], r["run"]): r for r in report["rows"]}
     kd_row = rows[("ours (yolov5-kd)", "output KD")]
     base_row = rows[("ours (yolov5-kd)", "baseline")]
     assert float(kd_row["KD gain mAP50"]) == round(kd_row["mAP50"] - base_row["mAP50"], 3)
+    assert kd_row["CPU ms/img"] == base_row["CPU ms/img"] == measure["ours/yolov5n"]["ms_per_img"]
     assert report["stages_done"] == sorted(OURS)
     base = json.loads((res / "ours_base_s0.json").read_text())
     window = report["gain_by_window"][0]
@@ -50,6 +52,12 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     assert md.count("| ours (yolov5-kd) |") == 6  # teacher, baseline, output KD + blank combo, pkd, crosskd rows
     assert kd["precision"] in ("fp32", "bf16") and kd["cpu"]["model_name"] and kd["precision"] in kd_row["trained on"]
     assert (res / "kd_convergence.png").stat().st_size > 10_000
+
+    # --measure trains nothing and times each architecture again, replacing an older sitting's per-stage entry
+    (res / "measure.json").write_text(json.dumps({**measure, "ours_kd_s0": {"ms_per_img": 999.0}}))
+    out = run(tmp_path, "--measure")
+    assert "measure ours/yolov5n" in out and not [ln for ln in out.splitlines() if ln.startswith("$ ")]
+    assert sorted(json.loads((res / "measure.json").read_text())) == ["ours/yolov5n", "ours/yolov5s"]
 
     # done stages are skipped; a stage whose training ended but whose result is gone is only re-validated
     (res / "ours_base_s0.json").unlink()
@@ -99,3 +107,8 @@ def test_kd_gain_pairs_each_seed_with_its_own_baseline():
     rows = {r["run"]: r for r in kc.table_rows(stages, recs, {}) if r["_fw"] == "ours"}
     assert rows["baseline"]["mAP50"] == 0.65 and rows["output KD"]["KD gain mAP50"] == "+0.050"
     assert "KD gain mAP50" not in rows["best KD"]
+    assert "teacher gap closed" not in rows["output KD"]  # no teacher record yet
+    recs.update(ours_teacher=rec(0, 0.80), ours_kd_s1=rec(1, 0.65))
+    rows = {r["run"]: r for r in kc.table_rows(stages, recs, {}) if r["_fw"] == "ours"}
+    # seed 0 takes 0.05 of a 0.10 headroom, seed 1 0.05 of 0.20: mean 37.5% (not 0.05 / 0.15 of the means)
+    assert rows["output KD"]["teacher gap closed"] == "38%" and rows["output KD"]["KD gain mAP50"] == "+0.050"
