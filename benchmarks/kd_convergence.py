@@ -27,6 +27,7 @@ Outputs: kd_convergence.{json,md,png} in --results.
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -40,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vs_upstream import cpu_info, link_split, offline_env, ours_env, parse_val_log  # noqa: E402
+from vs_upstream import ALL_ROW, cpu_info, link_split, offline_env, ours_env, parse_val_log  # noqa: E402
 
 OUT = ROOT / "runs" / "benchmarks" / "kd_convergence"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_convergence"
@@ -243,11 +244,27 @@ def final_val(a, stage, data, run_dir):
                "--batch-size", "32", "--workers", str(a.workers), "--project", str(run_dir), "--name", "final_val",
                "--exist-ok"]
         rc = run_logged(cmd, ours_env(), log)
-        r = parse_val_log(log.read_text(errors="ignore")) if rc == 0 else {}
-        return {k: r[k] for k in ("mAP50", "mAP50-95")} if r else None
+        text = log.read_text(errors="ignore") if rc == 0 else ""
+        r = parse_val_log(text)
+        return {**{k: r[k] for k in ("mAP50", "mAP50-95")}, "per_class": parse_class_rows(text)} if r else None
     cmd = [a.peer_python, str(PEER_SCRIPT), "val", "--weights", str(best), "--data", str(data), "--img", str(a.img),
            "--workers", str(a.workers)]
     return result_line(log) if run_logged(cmd, peer_env(a), log) == 0 else None
+
+
+CLASS_ROW = re.compile(r"^\s*(.+?)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+
+
+def parse_class_rows(text):
+    """The per-class rows val.py prints under its last 'all' row -> {class: {'mAP50', 'mAP50-95'}}."""
+    lines = re.split(r"[\r\n]", text)
+    last_all = max((i for i, ln in enumerate(lines) if ALL_ROW.match(ln)), default=None)
+    out = {}
+    for ln in lines[last_all + 1:] if last_all is not None else ():
+        m = CLASS_ROW.match(ln)
+        if m and m.group(1) != "all":
+            out[m.group(1)] = {"mAP50": float(m.group(6)), "mAP50-95": float(m.group(7))}
+    return out
 
 
 def training_precision(stage, run_dir):
@@ -508,6 +525,30 @@ def gain_by_window(stages, recs, window=10):
     return rows
 
 
+def gain_by_class(stages, recs, key="mAP50"):
+    """Per class: the teacher's mAP, each seed's baseline, and each KD run's gain over that baseline (from the
+    per-class rows of the final val; records without them are left out) -> rows for a table, and its columns."""
+    def per_class(name):
+        return ((recs.get(name) or {}).get("final") or {}).get("per_class") or {}
+
+    teacher = next((per_class(s["name"]) for s in stages if s["framework"] == "ours" and s["role"] == "teacher"), {})
+    cols, cells = ["class", "teacher"], {}
+    for s in stages:
+        base = next((b for b in stages if b["framework"] == s["framework"] and b["role"] == "baseline"
+                     and b["seed"] == s["seed"]), None)
+        mine, theirs = per_class(s["name"]), per_class(base["name"]) if base else {}
+        if s["role"] in ("baseline", "teacher") or not mine or not theirs:
+            continue
+        bcol, kcol = f"baseline s{s['seed']}", f"{s['role']} s{s['seed']} (gain)"
+        cols += [c for c in (bcol, kcol) if c not in cols]
+        for c, m in mine.items():
+            if c in theirs:
+                row = cells.setdefault(c, {"class": c, "teacher": (teacher.get(c) or {}).get(key)})
+                row[bcol] = theirs[c][key]
+                row[kcol] = f"{m[key]:.3f} ({m[key] - theirs[c][key]:+.3f})"
+    return list(cells.values()), cols
+
+
 def plot_curves(stages, recs, path):
     from utils.plots import _plt
 
@@ -545,9 +586,12 @@ def write_report(a, stages):
     g = goals(rows)
     windows = gain_by_window(stages, recs)
     window_cols = list(dict.fromkeys(k for w in windows for k in w))
+    classes = gain_by_class(stages, recs)
     md = "\n".join([f"KD at convergence: {basis}", "", markdown_table(rows, COLUMNS), "",
                     "KD gain in per-epoch val mAP50 over the same seed's baseline, mean of each 10-epoch window:", "",
                     markdown_table(windows, window_cols) if windows else "(no KD run with its baseline yet)", "",
+                    "Per class (mAP50 of best.pt; KD runs whose final val recorded its classes):", "",
+                    markdown_table(*classes) if classes[0] else "(no per-class rows recorded yet)", "",
                     f"Goals: {json.dumps(g)}",
                     f"Stages done: {len(recs)}/{len(stages)}"]) + "\n"
     a.results.mkdir(parents=True, exist_ok=True)
@@ -555,7 +599,7 @@ def write_report(a, stages):
     (a.results / "kd_convergence.json").write_text(json.dumps(
         {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "cpu": cpu,
          "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "goals": g,
-         "gain_by_window": windows,
+         "gain_by_window": windows, "gain_by_class": classes[0],
          "stages_done": sorted(recs)}, indent=1))
     if recs:
         plot_curves(stages, recs, a.results / "kd_convergence.png")

@@ -112,3 +112,35 @@ def test_kd_gain_pairs_each_seed_with_its_own_baseline():
     rows = {r["run"]: r for r in kc.table_rows(stages, recs, {}) if r["_fw"] == "ours"}
     # seed 0 takes 0.05 of a 0.10 headroom, seed 1 0.05 of 0.20: mean 37.5% (not 0.05 / 0.15 of the means)
     assert rows["output KD"]["teacher gap closed"] == "38%" and rows["output KD"]["KD gain mAP50"] == "+0.050"
+
+
+def test_gain_by_class_reads_val_rows_and_pairs_seeds():
+    """val.py's per-class rows (names with spaces too) become the record's per_class; the report's per-class
+    table gives each KD run's gain over its own seed's baseline, beside the teacher."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    def val_text(all50, rows):
+        head = "                 Class     Images  Instances          P          R      mAP50   mAP50-95\n"
+        body = "".join(f"{n:>22}        360        100      0.5      0.5      {m:.3f}      {m / 2:.3f}\n"
+                       for n, m in rows)
+        epoch_row = "                   all        360        843      0.1      0.1      0.100      0.050\n"
+        return epoch_row + head + f"{'all':>22}        360        843      0.6      0.6      {all50:.3f}      0.300\n" + body
+
+    base = kc.parse_class_rows(val_text(0.6, [("crazing", 0.5), ("traffic light", 0.7)]))
+    assert base == {"crazing": {"mAP50": 0.5, "mAP50-95": 0.25}, "traffic light": {"mAP50": 0.7, "mAP50-95": 0.35}}
+    assert kc.parse_class_rows("no table here") == {}
+    a = kc.parse_args(["--seeds", "0", "1", "--variants"])
+    stages = kc.plan(a)
+
+    def rec(per_class):
+        return {"final": {"per_class": per_class}}
+    recs = {"ours_teacher": rec({"crazing": {"mAP50": 0.45}, "traffic light": {"mAP50": 0.9}}),
+            "ours_base_s1": rec(base), "ours_base_s0": rec({}),
+            "ours_kd_s1": rec({"crazing": {"mAP50": 0.52}, "traffic light": {"mAP50": 0.75}}),
+            "ours_kd_s0": rec({"crazing": {"mAP50": 0.9}})}  # its baseline has no classes: left out
+    rows, cols = kc.gain_by_class(stages, recs)
+    assert cols == ["class", "teacher", "baseline s1", "output KD s1 (gain)"]
+    by = {r["class"]: r for r in rows}
+    assert by["crazing"]["teacher"] == 0.45 and by["crazing"]["output KD s1 (gain)"] == "0.520 (+0.020)"
+    assert by["traffic light"]["output KD s1 (gain)"] == "0.750 (+0.050)"
