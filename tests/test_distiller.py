@@ -277,6 +277,30 @@ def test_pretrained_student_with_other_anchors_is_refused(tmp_path):
     assert torch.equal(student.model[-1].anchors, before)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_teacher_is_fused_with_the_same_outputs(tmp_path, channels_last):
+    """setup folds the frozen teacher's BatchNorms into its convs (an SE teacher too) and follows the engine's
+    channels_last: its raw outputs and tapped features stay those of the file's model."""
+    from utils.checkpoint import load_model
+    teacher, student = tiny_model("yolov5s-se.yaml", seed=1), tiny_model(seed=2).train()
+    d = Distiller(make_cfg(save_ours(teacher, tmp_path / "teacher.pt"), feat=["at"]))
+    engine = SimpleNamespace(**vars(fake_engine(student)), channels_last=channels_last)
+    d.setup(engine)
+    d.on_train_start(engine)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.teacher.modules())
+    conv = next(m for m in d.teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    imgs, _ = batch()
+    imgs = imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
+    reference = load_model(d.teacher_file).eval()
+    with FeatureTaps(reference, d.t_taps.indices) as want_taps, torch.no_grad():
+        want = reference(imgs)[1]
+        got = d._run_teacher(imgs)
+        assert all(torch.allclose(g, w, atol=1e-4, rtol=1e-4) for g, w in zip(got, want))
+        assert all(torch.allclose(d.t_taps[i], want_taps[i], atol=1e-4, rtol=1e-4) for i in d.t_taps.indices)
+    d.teardown()
+
+
 def test_crosskd_teacher_head_reproduces_teacher_outputs(tmp_path):
     """The pairs crosskd uses feed the teacher's Detect: its head on the tapped teacher features gives back the
     teacher's own raw outputs, so a student feature equal to the teacher's costs nothing."""

@@ -34,6 +34,15 @@ def _anchors_px(detect):
     return (detect.anchors * detect.stride.view(-1, 1, 1)).float().cpu().round(decimals=1).tolist()
 
 
+def prepare_teacher(teacher, channels_last=False):
+    """The frozen teacher as a KD step runs it: eval, no gradients, each BatchNorm folded into its conv, weights
+    channels_last when the engine feeds channels_last batches (CPUs): the same outputs, a faster forward
+    (benchmarks/kd_teacher_speed.py)."""
+    teacher.eval().requires_grad_(False)
+    teacher.fuse(verbose=False)
+    return teacher.to(memory_format=torch.channels_last) if channels_last else teacher
+
+
 class Distiller(Plugin):
     """Adds alpha * L_kd + beta * L_feat to the detection loss.
 
@@ -77,8 +86,7 @@ class Distiller(Plugin):
         device = next(student.parameters()).device
         self.teacher_file = str(cfg.teacher_weight)
         self.student_file = str(getattr(run_opt, "weights", "") or getattr(run_opt, "cfg", "") or "student")
-        teacher = load_model(self.teacher_file, device=device)
-        teacher.eval().requires_grad_(False)
+        teacher = prepare_teacher(load_model(self.teacher_file, device=device), getattr(engine, "channels_last", False))
         self.teacher = teacher
         if not getattr(run_opt, "weights", ""):  # a pretrained student keeps the anchors its head learnt
             self._adopt_teacher_anchors()
