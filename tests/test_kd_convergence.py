@@ -140,7 +140,34 @@ def test_gain_by_class_reads_val_rows_and_pairs_seeds():
             "ours_kd_s1": rec({"crazing": {"mAP50": 0.52}, "traffic light": {"mAP50": 0.75}}),
             "ours_kd_s0": rec({"crazing": {"mAP50": 0.9}})}  # its baseline has no classes: left out
     rows, cols = kc.gain_by_class(stages, recs)
-    assert cols == ["class", "teacher", "baseline s1", "output KD s1 (gain)"]
+    assert cols == ["class", "teacher yolov5s", "baseline s1", "output KD s1 (gain)"]
     by = {r["class"]: r for r in rows}
-    assert by["crazing"]["teacher"] == 0.45 and by["crazing"]["output KD s1 (gain)"] == "0.520 (+0.020)"
+    assert by["crazing"]["teacher yolov5s"] == 0.45 and by["crazing"]["output KD s1 (gain)"] == "0.520 (+0.020)"
     assert by["traffic light"]["output KD s1 (gain)"] == "0.750 (+0.050)"
+
+
+def test_extra_teacher_rows_pair_with_their_own_teacher():
+    """--extra-teachers yolov5m adds its teacher stage and output-KD rows from it; each KD row's headroom share
+    is over its own teacher, and the goal takes the best output-KD row (naming it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    a = kc.parse_args(["--seeds", "0", "--variants", "--extra-teachers", "yolov5m"])
+    stages = {s["name"]: s for s in kc.plan(a)}
+    assert stages["ours_teacher_yolov5m"]["model"] == "yolov5m" and stages["ours_teacher"]["model"] == "yolov5s"
+    kd_m = stages["ours_kd_yolov5m_s0"]
+    assert kd_m["teacher"] == "ours_teacher_yolov5m" and kd_m["flags"] == []
+
+    def rec(seed, m50):
+        return {"seed": seed, "final": {"mAP50": m50, "mAP50-95": m50 / 2}, "train_img_per_s": 1.0, "epochs": 100,
+                "converged": True, "curve": []}
+    recs = {"ours_teacher": rec(0, 0.72), "ours_teacher_yolov5m": rec(0, 0.80), "ours_base_s0": rec(0, 0.70),
+            "ours_kd_s0": rec(0, 0.71), "ours_kd_yolov5m_s0": rec(0, 0.75)}
+    rows = kc.table_rows(list(stages.values()), recs, {})
+    by = {r["run"]: r for r in rows if r["_fw"] == "ours"}
+    assert [r["model"] for r in rows if r["run"] == "teacher" and r["_fw"] == "ours"] == ["yolov5s", "yolov5m"]
+    assert by["output KD"]["teacher gap closed"] == "50%"  # 0.01 of the yolov5s teacher's 0.02
+    assert by["output KD (yolov5m teacher)"]["teacher gap closed"] == "50%"  # 0.05 of the yolov5m teacher's 0.10
+    g = kc.goals(rows)
+    assert g["ours_output_kd_row"] == "output KD (yolov5m teacher)" and g["ours_output_kd_gain_mAP50"] == 0.05
+    assert g["ours_gain_at_least_0.02"] is True
