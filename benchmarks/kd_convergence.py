@@ -9,8 +9,9 @@ r"""The KD claim at convergence, side by side with the `ultralytics` package's o
 
 Stages, all on the same data (NEU-DET at img 224, batch 16), the same epochs, cache and workers:
 - ours: teacher yolov5s (train.py), students yolov5n alone, + output KD (train_kd.py defaults), + --combo flags
-  (the best combination found so far), + each --variants row (default output KD + pkd, + crosskd), seeds from
-  --seeds; every run --noautoanchor, so all share anchors; each record names the CPU and precision it trained in;
+  (the best combination found so far), + each --variants row (default output KD + pkd, + crosskd), + output KD
+  from each --extra-teachers model (its own teacher stage), seeds from --seeds; every run --noautoanchor, so all
+  share anchors; each record names the CPU and precision it trained in;
 - peer: ultralytics (in its own venv, models from YAML, no pretrained weights, offline): teacher yolo11s,
   students yolo11n alone and with `distill_model=` that teacher (its default `dis`);
 - measure: parameters, GFLOPs and batch-1 CPU latency of each trained architecture, one entry per model shared
@@ -500,8 +501,8 @@ def gap_closed(row, base, teacher, key="mAP50"):
 
 
 COLUMNS = ("framework", "run", "model", "params", "GFLOPs@640", "mAP50 per seed", "mAP50", "mAP50-95 per seed",
-           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "teacher gap closed", "train img/s", "CPU ms/img", "epochs", "converged",
-           "trained on")
+           "mAP50-95", "KD gain mAP50", "KD gain mAP50-95", "teacher gap closed", "train img/s", "CPU ms/img",
+           "epochs", "converged", "trained on")
 
 
 def goals(rows):
