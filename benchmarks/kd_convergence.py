@@ -392,10 +392,13 @@ def measure_all(a, stages, recs, again=False):
     measures, timed = load_measures(a), set()
     for s in stages:
         key = arch_key(s)
-        if s["name"] not in recs or key in timed or (key in measures and not again) or not stage_weights(a, s):
+        if s["name"] not in recs or key in timed or (key in measures and not again):
             continue
-        print(f"[kd_convergence] measure {key} ({stage_weights(a, s)})", flush=True)
-        measures[key] = measure_stage(a, s)
+        best = stage_weights(a, s)
+        if best is None:
+            continue
+        print(f"[kd_convergence] measure {key} ({best})", flush=True)
+        measures[key] = measure_stage(a, s, best)
         timed.add(key)
         for other in stages:
             if arch_key(other) == key:
@@ -404,11 +407,8 @@ def measure_all(a, stages, recs, again=False):
     return measures
 
 
-def measure_stage(a, stage):
-    """Parameters, GFLOPs at 640 and at img, batch-1 fp32 CPU latency of the stage's best.pt -> dict."""
-    best = stage_weights(a, stage)
-    if best is None:
-        return None
+def measure_stage(a, stage, best):
+    """Parameters, GFLOPs at 640 and at img, batch-1 fp32 CPU latency of the stage's weights `best` -> dict."""
     if stage["framework"] == "peer":
         log = a.out / "logs" / f"measure_{stage['name']}.log"
         log.unlink(missing_ok=True)

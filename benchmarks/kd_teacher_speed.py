@@ -13,9 +13,7 @@ Prints medians (ms per batch) and writes runs/benchmarks/kd_teacher_speed.json. 
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,21 +24,11 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def median_ms(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 1)
-
-
 def main(argv=None):
     from models.yolo import Model
     from utils.checkpoint import load_model
     from utils.distill.distiller import prepare_teacher
+    from utils.profiler import median_time
     from vs_upstream import cpu_info
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +60,7 @@ def main(argv=None):
     for _ in range(2):  # two alternating rounds: drift on a shared machine hits every variant alike
         for name, fn in (("teacher as loaded", teacher(loaded)), ("teacher as prepared", teacher(prepared)),
                          ("student train step", student_step)):
-            rows.setdefault(name, []).append(median_ms(fn, a.repeats, a.warmup))
+            rows.setdefault(name, []).append(round(median_time(fn, x.device, a.repeats, a.warmup) * 1e3, 1))
     ms = {k: min(v) for k, v in rows.items()}
     result = {"ms_per_batch": ms,
               "teacher_speedup": round(ms["teacher as loaded"] / ms["teacher as prepared"], 2),

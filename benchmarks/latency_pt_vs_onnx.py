@@ -7,10 +7,8 @@ Random weights (latency does not depend on them); prints a table and writes JSON
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,17 +21,12 @@ import export  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.backends import InferenceBackend  # noqa: E402
 from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
+from utils.profiler import median_time  # noqa: E402
 
 
 def median_ms(fn, x, repeats, warmup=3):
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    """Median ms of fn(x) on the CPU (utils.profiler's timer)."""
+    return median_time(lambda: fn(x), torch.device("cpu"), repeats, warmup) * 1e3
 
 
 def main(argv=None):
