@@ -9,7 +9,8 @@ r"""The KD claim at convergence, side by side with the `ultralytics` package's o
 
 Stages, all on the same data (NEU-DET at img 224, batch 16), the same epochs, cache and workers:
 - ours: teacher yolov5s (train.py), students yolov5n alone, + output KD (train_kd.py defaults), + --combo flags
-  (the best combination found so far), + each --variants row (default output KD + pkd, + crosskd), + output KD
+  (the best combination found so far), + each --variants row (default: output KD gated to the cells where
+  the teacher beats the student, output KD + pkd, + crosskd), + output KD
   from each --extra-teachers model (its own teacher stage), seeds from --seeds; every run --noautoanchor, so all
   share anchors; each record names the CPU and precision it trained in;
 - peer: ultralytics (in its own venv, models from YAML, no pretrained weights, offline): teacher yolo11s,
@@ -54,8 +55,9 @@ CURVE_COLUMNS = {"ours": ("metrics/mAP_0.5", "metrics/mAP_0.5:0.95"),
                  "peer": ("metrics/mAP50(B)", "metrics/mAP50-95(B)")}
 CONVERGED_WITHIN = 0.01  # best epoch's mAP50 within this of the mean of the last 10 epochs
 LAST_EPOCHS = 10
-# the remedies the issue names for a gain that shrinks at convergence, each on top of output KD
-VARIANTS = ("pkd=--feat pkd", "crosskd=--feat crosskd")
+# remedies for a gain that shrinks at convergence, each on top of output KD: the two the issue names, and
+# output KD only where the teacher beats the student (the per-class finding: KD cost the class the teacher trails)
+VARIANTS = ("gate=--kd-gate teacher_better", "pkd=--feat pkd", "crosskd=--feat crosskd")
 
 
 def parse_args(argv=None):
@@ -512,7 +514,12 @@ def goals(rows):
                   and "+" not in role}  # output KD alone (default flags), from each teacher
     best = max(by_teacher, key=by_teacher.get, default=None)
     ours, peer = by_teacher.get(best), gain.get(("peer", "KD (distill_model)"))
+    seeds = {r["_role"]: len([v for v in r["_mAP50 by seed"].values() if v is not None]) for r in rows
+             if r["_fw"] == "ours"}
+    any_ours = {role: g for (fw, role), g in gain.items() if fw == "ours"}
+    top = max(any_ours, key=any_ours.get, default=None)
     return {"ours_output_kd_gain_mAP50": ours, "ours_output_kd_row": best, "ours_output_kd_by_teacher": by_teacher,
+            "ours_best_kd_row": top, "ours_best_kd_gain_mAP50": any_ours.get(top), "ours_best_kd_seeds": seeds.get(top),
             "peer_kd_gain_mAP50": peer,
             "ours_gain_at_least_0.02": None if ours is None else ours >= 0.02,
             "ours_gain_at_least_peer": None if ours is None or peer is None else ours >= peer}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.distill import losses
-from utils.distill.masks import fgfi_mask, gt_cell_mask, wat_mask
+from utils.distill.masks import fgfi_mask, gt_cell_mask, gt_class_cells, wat_mask
 
 GAINS = {"giou": 0.05, "kd": 1.0, "obj": 0.3, "cls": 0.2}
 
@@ -175,3 +175,52 @@ def test_crosskd_weights_cells_by_teacher_objectness_and_trains_the_student_feat
     loss = losses.crosskd_loss(losses.head_maps(head, f_s, na), p_t)
     loss.backward()
     assert loss.item() > 0 and f_s.grad.abs().sum() > 0 and head.weight.grad is None
+
+
+# ------------------------------------------------------------------ --kd-gate teacher_better
+def _level(obj, cls_logits, na=1):
+    """One level (1, na, 1, 2, 5 + nc) from per-cell objectness and class logits (2 cells)."""
+    x = torch.zeros(1, na, 1, 2, 5 + len(cls_logits[0]))
+    x[..., 4] = torch.tensor(obj, dtype=torch.float32)
+    x[..., 5:] = torch.tensor(cls_logits, dtype=torch.float32)
+    return x
+
+
+def test_gt_class_cells_marks_each_box_in_its_class_plane():
+    targets = torch.tensor([[0, 2, 0.5, 0.5, 0.5, 0.5], [1, 0, 0.90, 0.10, 0.01, 0.01]])
+    planes = gt_class_cells(targets, bs=2, h=4, w=4, nc=3)
+    assert planes.shape == (2, 4, 4, 3)
+    assert torch.equal(planes.any(-1), gt_cell_mask(targets, bs=2, h=4, w=4))
+    assert planes[0, 1:3, 1:3, 2].all() and planes[0, ..., :2].sum() == 0
+    assert planes[1, 0, 3, 0] and planes[1].sum() == 1
+    assert not gt_class_cells(torch.zeros(0, 6), 1, 4, 4, 3).any()
+
+
+def test_teacher_better_gate_opens_only_where_the_teacher_is_closer_to_the_truth():
+    """Cell 0 holds a class-1 object, cell 1 is background."""
+    labels = torch.tensor([[[[False, True], [False, False]]]])  # (1, 1, 2, nc=2)
+    right, wrong = [4.0, 4.0], [-4.0, -4.0]  # objectness: sure / sure not
+    good_cls, bad_cls = [[-4.0, 4.0], [0.0, 0.0]], [[4.0, -4.0], [0.0, 0.0]]
+    teacher = _level([right[0], wrong[1]], good_cls)  # finds the object, quiet on background
+    student = _level([wrong[0], right[1]], bad_cls)   # misses it and fires on background
+    assert losses.teacher_better_gate(student, teacher, labels).flatten().tolist() == [1.0, 1.0]
+    assert losses.teacher_better_gate(teacher, student, labels).flatten().tolist() == [0.0, 0.0]
+    # right objectness but the wrong class at the object: the teacher loses that cell only
+    confused = _level([right[0], wrong[1]], bad_cls)
+    assert losses.teacher_better_gate(teacher, confused, labels).flatten().tolist() == [0.0, 1.0]
+    assert losses.teacher_better_gate(teacher, teacher, labels).flatten().tolist() == [1.0, 1.0]  # ties open
+
+
+def test_output_kd_gates_scale_the_cell_weights():
+    t, s = _preds(0), _preds(1)
+    plain, items = losses.output_kd_loss(s, t, GAINS, nc=3)
+    ones = [torch.ones_like(x[..., :1]) for x in t]
+    same, same_items = losses.output_kd_loss(s, t, GAINS, nc=3, gates=ones)
+    assert torch.allclose(same, plain) and torch.allclose(same_items, items)
+    shut, _ = losses.output_kd_loss(s, t, GAINS, nc=3, gates=[torch.zeros_like(g) for g in ones])
+    assert shut.item() == 0
+    half = [g.clone() for g in ones]
+    half[1].zero_()  # the coarse level shut: only the first level's share remains
+    first, _ = losses.output_kd_loss(s[:1], t[:1], GAINS, nc=3)
+    partial, _ = losses.output_kd_loss(s, t, GAINS, nc=3, gates=half)
+    assert torch.allclose(partial, first)

@@ -321,3 +321,41 @@ def test_crosskd_refuses_layers_that_do_not_feed_the_teacher_head(tmp_path):
     teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
     with pytest.raises(ValueError, match="does not feed the teacher's Detect"):
         make_distiller(tmp_path, student, teacher, feat=["crosskd"], kd_layers="13:13")
+
+
+def test_kd_gate_teacher_better_keeps_part_of_output_kd_and_logs_its_share(tmp_path):
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2).train()
+    imgs, targets = batch()
+    plain = make_distiller(tmp_path, student, teacher)
+    full, _ = kd_step(plain, student, imgs, targets)
+    plain.teardown()
+    d = make_distiller(tmp_path, student, teacher, kd_gate="teacher_better")
+    d._save_dir = tmp_path
+    gated, items = kd_step(d, student, imgs, targets)
+    assert 0 < gated.item() < full.item()
+    gated.backward()
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+    d.on_epoch_end(None, 0)
+    (epoch, share), = d.gate_history
+    assert epoch == 0 and 0 < share < 1
+    assert (tmp_path / "kd_gate.csv").read_text().splitlines() == ["epoch,kept_share", f"0,{share:.5f}"]
+    d.teardown()
+    # the same student as its own teacher: every cell ties, the gate keeps it all (and the loss is 0)
+    twin = copy.deepcopy(teacher).eval()
+    d = make_distiller(tmp_path, twin, teacher, kd_gate="teacher_better")
+    loss, _ = _eval_step(d, twin, imgs, targets)
+    d.on_epoch_end(None, 0)
+    assert loss.abs().item() < 1e-6 and d.gate_history[0][1] == pytest.approx(1.0)
+    d.teardown()
+
+
+def test_kd_gate_flag_parses_and_refuses_unknown_values():
+    import train_kd
+    from utils.cli import OptionError
+
+    opt = train_kd.parse_opt(["--teacher_weight", "t.pt", "--kd-gate", "teacher_better"])
+    assert KDConfig.from_opt(opt).kd_gate == "teacher_better"
+    assert KDConfig.from_opt(train_kd.parse_opt(["--teacher_weight", "t.pt"])).kd_gate == "none"
+    assert KDConfig.from_opt({"teacher_weight": "t.pt"}).kd_gate == "none"  # a checkpoint from before the flag
+    with pytest.raises(OptionError, match="--kd-gate"):
+        KDConfig(teacher_weight="t.pt", kd_gate="sometimes")

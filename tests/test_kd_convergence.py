@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_engine import make_tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def test_smoke_stages_record_resume_and_report(tmp_path):
     window = report["gain_by_window"][0]
     assert window["run"] == "ours output KD" and window["epochs 1-10"] == f"{kd['curve'][0][1] - base['curve'][0][1]:+.3f}"
     md = (res / "kd_convergence.md").read_text()
-    assert md.count("| ours (yolov5-kd) |") == 6  # teacher, baseline, output KD + blank combo, pkd, crosskd rows
+    assert md.count("| ours (yolov5-kd) |") == 7  # teacher, baseline, output KD + blank combo, gate, pkd, crosskd rows
     assert kd["precision"] in ("fp32", "bf16") and kd["cpu"]["model_name"] and kd["precision"] in kd_row["trained on"]
     assert (res / "kd_convergence.png").stat().st_size > 10_000
 
@@ -171,3 +173,24 @@ def test_extra_teacher_rows_pair_with_their_own_teacher():
     g = kc.goals(rows)
     assert g["ours_output_kd_row"] == "output KD (yolov5m teacher)" and g["ours_output_kd_gain_mAP50"] == 0.05
     assert g["ours_gain_at_least_0.02"] is True
+
+
+def test_default_variants_include_the_gate_and_goals_name_the_best_kd_row_with_its_seeds():
+    """The gated output-KD row is planned by default; the goals keep judging output KD alone, and name the best
+    KD row of any method with how many seeds back it (one seed is not a mean of two)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    stages = {s["name"]: s for s in kc.plan(kc.parse_args(["--seeds", "0", "1"]))}
+    assert stages["ours_gate_s1"]["flags"] == ["--kd-gate", "teacher_better"]
+    assert stages["ours_gate_s0"]["role"] == "output KD + gate"
+
+    def rec(seed, m50):
+        return {"seed": seed, "final": {"mAP50": m50, "mAP50-95": m50 / 2}, "train_img_per_s": 1.0, "epochs": 100,
+                "converged": True, "curve": []}
+    recs = {"ours_teacher": rec(0, 0.75), "ours_base_s0": rec(0, 0.70), "ours_base_s1": rec(1, 0.68),
+            "ours_kd_s0": rec(0, 0.71), "ours_kd_s1": rec(1, 0.70), "ours_gate_s0": rec(0, 0.74)}
+    g = kc.goals(kc.table_rows(list(stages.values()), recs, {}))
+    assert g["ours_output_kd_row"] == "output KD" and g["ours_output_kd_gain_mAP50"] == pytest.approx(0.015)
+    assert g["ours_best_kd_row"] == "output KD + gate" and g["ours_best_kd_gain_mAP50"] == pytest.approx(0.04)
+    assert g["ours_best_kd_seeds"] == 1 and g["ours_gain_at_least_0.02"] is False

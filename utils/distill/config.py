@@ -11,7 +11,7 @@ from utils.options import Rule, check_options, real
 from utils.unlabeled import FROM_DATA
 
 from .features import FEATURE_LOSSES, feature_options
-from .losses import KD_CLS_TYPES
+from .losses import KD_CLS_TYPES, KD_GATES
 from .pairing import parse_kd_layers
 
 KD_RULES = (
@@ -85,6 +85,7 @@ class KDConfig:
     teacher_weight: str | None = None
     kd: bool = True  # output distillation on/off
     kd_loss_selected: str = "l2"  # class term of output KD: l2, kl or bce
+    kd_gate: str = "none"  # output KD everywhere, or teacher_better: only where the teacher beats the student
     temperature: float = 1.0  # softmax temperature (kl, cwd)
     alpha: float = 1.0  # weight of output KD
     feat: tuple = ()  # selected feature losses, names in FEATURE_LOSSES
@@ -97,6 +98,9 @@ class KDConfig:
     def __post_init__(self):
         if self.kd_loss_selected not in KD_CLS_TYPES:
             raise ValueError(f"--kd_loss_selected must be one of {KD_CLS_TYPES}, got {self.kd_loss_selected!r}")
+        self.kd_gate = self.kd_gate or "none"
+        if self.kd_gate not in KD_GATES:
+            raise OptionError(f"--kd-gate must be one of {KD_GATES}, got {self.kd_gate!r}")
         self.feat = parse_feats(self.feat)
         unknown = sorted(set(self.betas) - set(self.feat))
         if unknown:
@@ -177,6 +181,9 @@ def add_kd_args(parser):
     g.add_argument("--kd", action=argparse.BooleanOptionalAction, default=d.kd, help="output distillation on/off")
     g.add_argument("--kd_loss_selected", "--kd-loss-selected", dest="kd_loss_selected", default=d.kd_loss_selected,
                    choices=KD_CLS_TYPES, help="class distillation loss")
+    g.add_argument("--kd-gate", "--kd_gate", dest="kd_gate", default=d.kd_gate, choices=KD_GATES,
+                   help="output KD on every cell (none) or only on cells where the teacher is closer to the "
+                        "ground truth than the student (teacher_better)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="softmax temperature (kl, cwd)")
     g.add_argument("--alpha", type=float, default=d.alpha, help="weight of the output distillation loss")
     defaults = ", ".join(f"{n} {b:g}" for n, b in default_betas().items())

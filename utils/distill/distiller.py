@@ -1,5 +1,7 @@
 """Distiller: the knowledge-distillation plug-in of the training engine (SPEC.md section 4)."""
 
+from pathlib import Path
+
 import torch
 
 from utils.cli import UserError
@@ -11,7 +13,8 @@ from .adapters import AdapterSet
 from .config import KDConfig, check_teacher
 from .features import FEATURE_LOSSES, FeatureContext
 from .health import KDHealth
-from .losses import output_kd_loss
+from .losses import output_kd_loss, teacher_better_gate
+from .masks import gt_class_cells
 from .pairing import pair_layers
 from .taps import FeatureTaps
 
@@ -60,6 +63,9 @@ class Distiller(Plugin):
         self.teacher = self.adapters = None
         self.t_taps = self.s_taps = None
         self._teacher_out = None  # the teacher's raw outputs on the batch before_forward saw
+        self._gate_sums = torch.zeros(2)  # --kd-gate: kept and total teacher-objectness weight this epoch
+        self.gate_history = []  # (epoch, kept share)
+        self._save_dir = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
         self.health = None
@@ -176,6 +182,7 @@ class Distiller(Plugin):
         if s_idx and self.s_taps is None:
             self.s_taps = FeatureTaps(self.student, s_idx)
         self._start_health(engine)
+        self._save_dir = getattr(engine, "save_dir", None) if getattr(engine, "is_main_process", True) else None
 
     def _start_health(self, engine):
         """The KD health check of the first steps (main process; results in the run folder)."""
@@ -219,6 +226,8 @@ class Distiller(Plugin):
         self.health = None
 
     def on_epoch_end(self, engine, epoch):
+        if self.cfg.kd and self.cfg.kd_gate == "teacher_better":
+            self._log_gates(epoch)
         self._report_health()  # an epoch shorter than the health window: report what it measured
 
     def before_forward(self, imgs, targets):
@@ -243,8 +252,9 @@ class Distiller(Plugin):
         cfg = self.cfg
         terms = {}
         if cfg.kd:
+            gates = self._gates(preds, t_raw, targets) if cfg.kd_gate == "teacher_better" else None
             terms["kd"], _ = output_kd_loss(list(preds), t_raw, self.hyp, self.nc, cfg.kd_loss_selected,
-                                            cfg.temperature)
+                                            cfg.temperature, gates)
         for name in cfg.feat:
             term = torch.zeros((), device=imgs.device)
             for t_i, s_i, stride, _, _ in self.pairs[name]:
@@ -255,6 +265,39 @@ class Distiller(Plugin):
         if self.s_taps:
             self.s_taps.clear()
         return terms
+
+    def _gates(self, preds, t_raw, targets):
+        """--kd-gate teacher_better: per level, 1 where the teacher is closer to the GT than the student.
+        Images without labels (--unlabeled) stay open: no GT there says nothing about who is right.
+        Adds this step's kept share of the teacher-objectness weight to the epoch's gate statistics."""
+        gates = []
+        n_labeled = self.unlabeled.n_labeled if self.unlabeled is not None else None
+        for s, t in zip(preds, t_raw):
+            bs, _, ny, nx, _ = s.shape
+            g = teacher_better_gate(s, t, gt_class_cells(targets, bs, ny, nx, self.nc))
+            if n_labeled is not None and n_labeled < bs:
+                g[n_labeled:] = 1.0
+            w = torch.sigmoid(t[..., 4:5].detach().float())
+            self._gate_sums = self._gate_sums.to(w.device) + torch.stack(((w * g).sum(), w.sum()))
+            gates.append(g)
+        return gates
+
+    def _log_gates(self, epoch):
+        """The epoch's share of output KD (by teacher objectness) the gate kept, logged and in kd_gate.csv."""
+        kept, total = self._gate_sums.tolist()
+        self._gate_sums = torch.zeros(2)
+        if total <= 0:
+            return
+        share = kept / total
+        self.gate_history.append((epoch, share))
+        LOGGER.info(f"{colorstr('KD gate:')} epoch {epoch}: {share:.1%} of the output-KD weight kept "
+                    f"(cells where the teacher beats the student)")
+        if self._save_dir is not None:
+            f = Path(self._save_dir) / "kd_gate.csv"
+            new = not f.exists()
+            with open(f, "a") as fh:
+                fh.write("epoch,kept_share\n" if new else "")
+                fh.write(f"{epoch},{share:.5f}\n")
 
     def _feature_term(self, spec, t_i, s_i, stride, targets, bs, t_raw):
         """One registered feature loss on one teacher/student layer pair (unweighted)."""

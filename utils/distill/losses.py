@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 KD_CLS_TYPES = ("l2", "kl", "bce")
+KD_GATES = ("none", "teacher_better")
 
 
 # ----------------------------------------------------------------------------------------
@@ -33,23 +34,49 @@ def _cls_term(s_cls, t_cls, weight, kind, temperature):
     raise ValueError(f"kd_loss_selected must be one of {KD_CLS_TYPES}, got {kind!r}")
 
 
-def output_kd_loss(s_preds, t_preds, gains, nc, kind="l2", temperature=1.0):
+def teacher_better_gate(s, t, labels):
+    """Where the teacher is closer to the ground truth than the student: (bs, na, ny, nx, 1) of 0/1.
+
+    s, t: one level's raw maps (bs, na, ny, nx, 5 + nc); labels: bool (bs, ny, nx, nc), the classes of
+    the GT boxes covering each cell (masks.gt_class_cells). A model's error at a cell is
+    |sigmoid(obj) - covered| plus, on covered cells, 1 - its highest probability among the covering
+    classes. The gate is 1 where the teacher's error is at most the student's (+1e-4: ties, and a fused
+    teacher's rounding, open it), so output
+    KD switches off cell by cell wherever the student has overtaken its teacher.
+    """
+    s, t = s.detach().float(), t.detach().float()
+    lab = labels.float().unsqueeze(1)  # (bs, 1, ny, nx, nc), over the anchors
+    covered = lab.amax(-1, keepdim=True)
+
+    def error(x):
+        err = (torch.sigmoid(x[..., 4:5]) - covered).abs()
+        if x.shape[-1] > 6:
+            err = err + covered * (1 - (torch.sigmoid(x[..., 5:]) * lab).amax(-1, keepdim=True))
+        return err
+
+    return (error(t) <= error(s) + 1e-4).float()
+
+
+def output_kd_loss(s_preds, t_preds, gains, nc, kind="l2", temperature=1.0, gates=None):
     """Objectness-weighted output distillation over all Detect levels.
 
     s_preds, t_preds: lists of raw maps (bs, na, ny, nx, 5 + nc) (logits).
     gains: dict with 'giou' (box weight), 'kd' (overall), 'obj', 'cls' (the detection
-    loss's scaled gains). Returns (L_kd = bs*kd*(giou*box + obj*obj + cls*cls),
+    loss's scaled gains). gates: None, or per level a (bs, na, ny, nx, 1) factor on the
+    per-cell weight (teacher_better_gate). Returns (L_kd = bs*kd*(giou*box + obj*obj + cls*cls),
     tensor([box, obj, cls]) detached, unweighted sums over levels).
     """
     if len(s_preds) != len(t_preds):
         raise ValueError(f"student has {len(s_preds)} output levels, teacher {len(t_preds)}")
     dev = s_preds[0].device
     lbox, lobj, lcls = (torch.zeros((), device=dev) for _ in range(3))
-    for s, t in zip(s_preds, t_preds):
+    for i, (s, t) in enumerate(zip(s_preds, t_preds)):
         if s.shape != t.shape:
             raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
         s, t = s.float(), t.detach().float()
         w = torch.sigmoid(t[..., 4:5])  # teacher objectness as per-cell weight
+        if gates is not None:
+            w = w * gates[i]
         lbox = lbox + (w * (s[..., :4] - t[..., :4]) ** 2).mean()
         lobj = lobj + (w * (s[..., 4:5] - t[..., 4:5]) ** 2).mean()
         if nc > 1:

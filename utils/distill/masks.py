@@ -1,4 +1,4 @@
-"""Spatial masks built from ground truth for masked AT and FGFI (vectorised, on device).
+"""Spatial masks built from ground truth for masked AT, FGFI and the KD trust gate (vectorised, on device).
 
 targets: (N, 6) [image_index, class, xc, yc, w, h], boxes normalised to the network input.
 A feature map of size (h, w) covers the input at `stride` pixels per cell.
@@ -21,13 +21,10 @@ def _scatter_to_images(per_box, img_idx, bs):
     return out > 0
 
 
-def gt_cell_mask(targets, bs, h, w):
-    """Bool (bs, h, w): cells whose centre lies inside a GT box of that image, plus the cell
-    containing each box centre (so a box smaller than a cell still marks one cell)."""
-    dev = targets.device
-    if targets.shape[0] == 0:
-        return torch.zeros((bs, h, w), dtype=torch.bool, device=dev)
-    t = targets.float()
+def _cell_cover(t, h, w):
+    """Bool (N, h, w) per box: cells whose centre lies inside it, plus the cell holding its centre
+    (so a box smaller than a cell still marks one cell)."""
+    dev = t.device
     x1, y1, x2, y2, xc, yc = _boxes_in_cells(t, h, w)
     cx = torch.arange(w, device=dev, dtype=torch.float32) + 0.5  # cell centres
     cy = torch.arange(h, device=dev, dtype=torch.float32) + 0.5
@@ -35,8 +32,25 @@ def gt_cell_mask(targets, bs, h, w):
     in_y = (cy[None] >= y1[:, None]) & (cy[None] <= y2[:, None])  # (N, h)
     centre_x = cx[None].floor() == xc.clamp(0, w - 1e-3).floor()[:, None]
     centre_y = cy[None].floor() == yc.clamp(0, h - 1e-3).floor()[:, None]
-    cover = (in_y[:, :, None] & in_x[:, None, :]) | (centre_y[:, :, None] & centre_x[:, None, :])
-    return _scatter_to_images(cover.float(), t[:, 0].long(), bs)
+    return (in_y[:, :, None] & in_x[:, None, :]) | (centre_y[:, :, None] & centre_x[:, None, :])
+
+
+def gt_cell_mask(targets, bs, h, w):
+    """Bool (bs, h, w): cells covered by a GT box of that image (_cell_cover)."""
+    if targets.shape[0] == 0:
+        return torch.zeros((bs, h, w), dtype=torch.bool, device=targets.device)
+    t = targets.float()
+    return _scatter_to_images(_cell_cover(t, h, w).float(), t[:, 0].long(), bs)
+
+
+def gt_class_cells(targets, bs, h, w, nc):
+    """Bool (bs, h, w, nc): cells covered by a GT box of class c in that image (_cell_cover)."""
+    if targets.shape[0] == 0:
+        return torch.zeros((bs, h, w, nc), dtype=torch.bool, device=targets.device)
+    t = targets.float()
+    slot = t[:, 0].long() * nc + t[:, 1].long().clamp(0, nc - 1)  # one (image, class) plane per box
+    planes = _scatter_to_images(_cell_cover(t, h, w).float(), slot, bs * nc)  # (bs * nc, h, w)
+    return planes.view(bs, nc, h, w).permute(0, 2, 3, 1)
 
 
 def wat_mask(targets, bs, h, w, ratio=0.25):
