@@ -235,6 +235,15 @@ def read_curve(stage, run_dir):
     return [[int(r[header.index("epoch")]) + first, round(float(r[c50]), 4), round(float(r[c95]), 4)] for r in rows]
 
 
+def read_gate_shares(run_dir):
+    """[[epoch, kept share], ...] from a --kd-gate run's kd_gate.csv (the share of output KD its gate kept), or None."""
+    f = run_dir / "kd_gate.csv"
+    if not f.is_file():
+        return None
+    rows = [ln.split(",") for ln in f.read_text().splitlines()[1:] if ln.strip()]
+    return [[int(e) + 1, round(float(v), 4)] for e, v in rows]  # epochs from 1, like the curve
+
+
 def convergence(curve):
     """Best epoch's mAP50 against the mean of the last 10 epochs' (the issue's criterion)."""
     m50 = [c[1] for c in curve]
@@ -359,7 +368,7 @@ def run_stage(a, stage, data):
     n_train = len(list((Path(data).parent / "images" / "train").glob("*.jpg")))
     record = {**stage, "final": final, "epochs": len(curve), "curve": curve,
               **convergence(curve), "cpu": cpu_info(), "precision": training_precision(stage, run_dir),
-              "train_wall_s": round(train_s, 1),
+              "gate_kept": read_gate_shares(run_dir), "train_wall_s": round(train_s, 1),
               "train_img_per_s": round(n_train * len(curve) / train_s, 2) if train_s else None,
               "attempts": attempts, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     a.results.mkdir(parents=True, exist_ok=True)

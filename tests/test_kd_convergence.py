@@ -194,3 +194,12 @@ def test_default_variants_include_the_gate_and_goals_name_the_best_kd_row_with_i
     assert g["ours_output_kd_row"] == "output KD" and g["ours_output_kd_gain_mAP50"] == pytest.approx(0.015)
     assert g["ours_best_kd_row"] == "output KD + gate" and g["ours_best_kd_gain_mAP50"] == pytest.approx(0.04)
     assert g["ours_best_kd_seeds"] == 1 and g["ours_gain_at_least_0.02"] is False
+
+
+def test_gate_shares_are_read_into_the_record_with_epochs_from_one(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kd_convergence as kc
+
+    assert kc.read_gate_shares(tmp_path) is None  # an ungated run has no kd_gate.csv
+    (tmp_path / "kd_gate.csv").write_text("epoch,kept_share\n0,0.80749\n1,0.84922\n")
+    assert kc.read_gate_shares(tmp_path) == [[1, 0.8075], [2, 0.8492]]
