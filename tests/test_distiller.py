@@ -330,12 +330,11 @@ def test_kd_gate_teacher_better_keeps_part_of_output_kd_and_logs_its_share(tmp_p
     full, _ = kd_step(plain, student, imgs, targets)
     plain.teardown()
     d = make_distiller(tmp_path, student, teacher, kd_gate="teacher_better")
-    d._save_dir = tmp_path
     gated, items = kd_step(d, student, imgs, targets)
     assert 0 < gated.item() < full.item()
     gated.backward()
     assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
-    d.on_epoch_end(None, 0)
+    d.on_epoch_end(SimpleNamespace(save_dir=tmp_path), 0)
     (epoch, share), = d.gate_history
     assert epoch == 0 and 0 < share < 1
     assert (tmp_path / "kd_gate.csv").read_text().splitlines() == ["epoch,kept_share", f"0,{share:.5f}"]

@@ -65,7 +65,6 @@ class Distiller(Plugin):
         self._teacher_out = None  # the teacher's raw outputs on the batch before_forward saw
         self._gate_sums = torch.zeros(2)  # --kd-gate: kept and total teacher-objectness weight this epoch
         self.gate_history = []  # (epoch, kept share)
-        self._save_dir = None
         self.pairs = {}  # feature name -> [(t, s, stride, c_t, c_s)]
         self._pending_state = None
         self.health = None
@@ -182,7 +181,6 @@ class Distiller(Plugin):
         if s_idx and self.s_taps is None:
             self.s_taps = FeatureTaps(self.student, s_idx)
         self._start_health(engine)
-        self._save_dir = getattr(engine, "save_dir", None) if getattr(engine, "is_main_process", True) else None
 
     def _start_health(self, engine):
         """The KD health check of the first steps (main process; results in the run folder)."""
@@ -227,7 +225,8 @@ class Distiller(Plugin):
 
     def on_epoch_end(self, engine, epoch):
         if self.cfg.kd and self.cfg.kd_gate == "teacher_better":
-            self._log_gates(epoch)
+            main = getattr(engine, "is_main_process", True)
+            self._log_gates(epoch, getattr(engine, "save_dir", None) if main else None)
         self._report_health()  # an epoch shorter than the health window: report what it measured
 
     def before_forward(self, imgs, targets):
@@ -282,8 +281,8 @@ class Distiller(Plugin):
             gates.append(g)
         return gates
 
-    def _log_gates(self, epoch):
-        """The epoch's share of output KD (by teacher objectness) the gate kept, logged and in kd_gate.csv."""
+    def _log_gates(self, epoch, save_dir):
+        """The epoch's share of output KD (by teacher objectness) the gate kept, logged and in save_dir/kd_gate.csv."""
         kept, total = self._gate_sums.tolist()
         self._gate_sums = torch.zeros(2)
         if total <= 0:
@@ -292,8 +291,8 @@ class Distiller(Plugin):
         self.gate_history.append((epoch, share))
         LOGGER.info(f"{colorstr('KD gate:')} epoch {epoch}: {share:.1%} of the output-KD weight kept "
                     f"(cells where the teacher beats the student)")
-        if self._save_dir is not None:
-            f = Path(self._save_dir) / "kd_gate.csv"
+        if save_dir is not None:
+            f = Path(save_dir) / "kd_gate.csv"
             new = not f.exists()
             with open(f, "a") as fh:
                 fh.write("epoch,kept_share\n" if new else "")

@@ -41,8 +41,8 @@ def teacher_better_gate(s, t, labels):
     the GT boxes covering each cell (masks.gt_class_cells). A model's error at a cell is
     |sigmoid(obj) - covered| plus, on covered cells, 1 - its highest probability among the covering
     classes. The gate is 1 where the teacher's error is at most the student's (+1e-4: ties, and a fused
-    teacher's rounding, open it), so output
-    KD switches off cell by cell wherever the student has overtaken its teacher.
+    teacher's rounding, open it), so output KD switches off cell by cell wherever the student has overtaken
+    its teacher.
     """
     s, t = s.detach().float(), t.detach().float()
     lab = labels.float().unsqueeze(1)  # (bs, 1, ny, nx, nc), over the anchors
