@@ -32,7 +32,11 @@ def test_old_flag_spellings_still_parse():
 
 def test_defaults_are_the_registered_ones():
     cfg = KDConfig.from_opt(train_kd.parse_opt([]))
-    assert cfg == KDConfig() and cfg.feat == () and cfg.betas == {} and cfg.kd and cfg.options == {"bg_weight": 0.25}
+    assert cfg == KDConfig() and cfg.feat == ("pkd",) and cfg.betas == {"pkd": FEATURE_LOSSES["pkd"].beta}
+    assert cfg.kd and cfg.options == {"bg_weight": 0.25}
+    alone = KDConfig.from_opt(train_kd.parse_opt(["--feat", "none"]))  # output KD alone
+    assert alone.feat == () and alone.betas == {} and alone.kd
+    assert KDConfig.from_opt({"kd": True}).feat == ()  # an older checkpoint's opt without 'feat' trained without
     assert KDConfig(feat=("fgfi", "at")).betas == {"fgfi": 4e-6, "at": 1.0}  # calibrated, not 1.0
     assert default_betas() == {name: spec.beta for name, spec in FEATURE_LOSSES.items()}
     help_text = kd_parser().format_help()

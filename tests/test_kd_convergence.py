@@ -158,7 +158,7 @@ def test_extra_teacher_rows_pair_with_their_own_teacher():
     stages = {s["name"]: s for s in kc.plan(a)}
     assert stages["ours_teacher_yolov5m"]["model"] == "yolov5m" and stages["ours_teacher"]["model"] == "yolov5s"
     kd_m = stages["ours_kd_yolov5m_s0"]
-    assert kd_m["teacher"] == "ours_teacher_yolov5m" and kd_m["flags"] == []
+    assert kd_m["teacher"] == "ours_teacher_yolov5m" and kd_m["flags"] == ["--feat", "none"]
 
     def rec(seed, m50):
         return {"seed": seed, "final": {"mAP50": m50, "mAP50-95": m50 / 2}, "train_img_per_s": 1.0, "epochs": 100,
@@ -182,7 +182,7 @@ def test_default_variants_include_the_gate_and_goals_name_the_best_kd_row_with_i
     import kd_convergence as kc
 
     stages = {s["name"]: s for s in kc.plan(kc.parse_args(["--seeds", "0", "1"]))}
-    assert stages["ours_gate_s1"]["flags"] == ["--kd-gate", "teacher_better"]
+    assert stages["ours_gate_s1"]["flags"] == ["--kd-gate", "teacher_better", "--feat", "none"]
     assert stages["ours_gate_s0"]["role"] == "output KD + gate"
 
     def rec(seed, m50):
@@ -194,6 +194,17 @@ def test_default_variants_include_the_gate_and_goals_name_the_best_kd_row_with_i
     assert g["ours_output_kd_row"] == "output KD" and g["ours_output_kd_gain_mAP50"] == pytest.approx(0.015)
     assert g["ours_best_kd_row"] == "output KD + gate" and g["ours_best_kd_gain_mAP50"] == pytest.approx(0.04)
     assert g["ours_best_kd_seeds"] == 1 and g["ours_gain_at_least_0.02"] is False
+    assert g["ours_default_kd_row"] is None and g["ours_goal_row"] == "output KD"  # no default-flags record yet
+
+    # train_kd.py's defaults (output KD + pkd): once that row has a gain, the goals judge it, not output KD alone
+    assert stages["ours_kd_s0"]["flags"] == ["--feat", "none"] and stages["ours_gate_s0"]["flags"][-2:] == ["--feat", "none"]
+    assert kc.trains_with_defaults(stages["ours_pkd_s0"]["flags"]) and kc.trains_with_defaults([])
+    assert not kc.trains_with_defaults(stages["ours_kd_s0"]["flags"]) and not kc.trains_with_defaults(["--feat", "at"])
+    recs.update({"ours_pkd_s0": rec(0, 0.73), "ours_pkd_s1": rec(1, 0.70)})
+    g = kc.goals(kc.table_rows(list(stages.values()), recs, {}))
+    assert g["ours_default_kd_row"] == g["ours_goal_row"] == "output KD + pkd" and g["ours_default_kd_seeds"] == 2
+    assert g["ours_default_kd_gain_mAP50"] == pytest.approx(0.025) and g["ours_gain_at_least_0.02"] is True
+    assert g["ours_output_kd_gain_mAP50"] == pytest.approx(0.015)  # still reported beside it
 
 
 def test_gate_shares_are_read_into_the_record_with_epochs_from_one(tmp_path):

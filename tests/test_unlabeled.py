@@ -227,7 +227,7 @@ def test_option_checks():
     with pytest.raises(OptionError, match="--unlabeled-ratio"):
         KDConfig(unlabeled="x", unlabeled_ratio=0)
     with pytest.raises(OptionError, match="needs a KD loss"):
-        KDConfig(unlabeled="x", kd=False)
+        KDConfig(unlabeled="x", kd=False, feat=())
     opt = train_kd.parse_opt(["--teacher_weight", __file__, "--unlabeled", "x", "--rect"])
     with pytest.raises(OptionError, match="--rect"):
         train_kd.main(opt)
