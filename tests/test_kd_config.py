@@ -36,7 +36,7 @@ def test_defaults_are_the_registered_ones():
     assert cfg.kd and cfg.options == {"bg_weight": 0.25}
     alone = KDConfig.from_opt(train_kd.parse_opt(["--feat", "none"]))  # output KD alone
     assert alone.feat == () and alone.betas == {} and alone.kd
-    assert KDConfig.from_opt({"kd": True}).feat == ()  # an older checkpoint's opt without 'feat' trained without
+    assert KDConfig.from_opt({"kd": True}).feat == ()  # an older checkpoint's opt without 'feat': no feature loss
     assert KDConfig(feat=("fgfi", "at")).betas == {"fgfi": 4e-6, "at": 1.0}  # calibrated, not 1.0
     assert default_betas() == {name: spec.beta for name, spec in FEATURE_LOSSES.items()}
     help_text = kd_parser().format_help()
