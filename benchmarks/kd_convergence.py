@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from utils.distill.config import DEFAULT_FEAT  # noqa: E402
+import train_kd  # noqa: E402
+from utils.distill.config import KDConfig  # noqa: E402
 from vs_upstream import ALL_ROW, cpu_info, link_split, offline_env, ours_env, parse_val_log  # noqa: E402
 
 OUT = ROOT / "runs" / "benchmarks" / "kd_convergence"
@@ -63,12 +64,8 @@ OUTPUT_KD_ALONE = ["--feat", "none"]  # every row names its feature losses: trai
 
 
 def trains_with_defaults(flags):
-    """True when train_kd.py `flags` select exactly its default KD (DEFAULT_FEAT on top of output KD)."""
-    if not flags:
-        return True
-    if flags[0] != "--feat" or any(f.startswith("-") for f in flags[1:]):
-        return False
-    return tuple(f for f in flags[1:] if f != "none") == DEFAULT_FEAT
+    """True when train_kd.py `flags` give exactly its default KD options (as train_kd.py itself parses them)."""
+    return KDConfig.from_opt(train_kd.parse_opt(flags)) == KDConfig()
 
 
 def parse_args(argv=None):
